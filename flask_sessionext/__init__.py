@@ -1,0 +1,3 @@
+from ._extension import SessionExt
+
+__all__ = ["SessionExt"]

@@ -1,0 +1,195 @@
+"""Reading and validating the ``SESSIONEXT_*`` configuration keys."""
+
+from __future__ import annotations
+
+import os
+import re
+import typing as t
+from collections.abc import Mapping
+
+import sqlalchemy as sa
+import sqlalchemy.exc as sa_exc
+from flask import Flask
+from sqlalchemy.engine import URL
+from sqlalchemy.pool import StaticPool
+
+SynchronizeSession = t.Literal["auto", "evaluate", "fetch", False]
+
+#: The ``user:password@`` part of a URL that SQLAlchemy could not parse.
+_USERINFO_RE = re.compile(r"^((?:[^:/@]*://)?).*@")
+
+
+def mask_url(url: str | URL) -> str:
+    """Render ``url`` for a message, with its password replaced by ``***``."""
+    if isinstance(url, URL):
+        return url.render_as_string(hide_password=True)
+    try:
+        return sa.make_url(url).render_as_string(hide_password=True)
+    except (sa_exc.ArgumentError, ValueError, TypeError):
+        # Unparsable: hide everything that might be user info.
+        return _USERINFO_RE.sub(r"\1***@", url, count=1)
+
+
+def get_options(
+    app: Flask, key: str, default: Mapping[str, t.Any] | None
+) -> dict[str, t.Any]:
+    """Merge a ``*_OPTIONS`` config value over the constructor's ``default``.
+
+    :raise TypeError: the config value is neither a mapping nor ``None``.
+    """
+    value = app.config.get(key)
+    if value is not None and not isinstance(value, Mapping):
+        raise TypeError(
+            f"'{key}' must be a mapping of option names to values or None,"
+            f" not {type(value).__name__} {value!r}."
+        )
+    return {**(default or {}), **(value or {})}
+
+
+def get_bool(app: Flask, key: str, default: bool) -> bool:
+    """Read a boolean config key.
+
+    :raise TypeError: the value is not a ``bool``.
+    """
+    value = app.config.get(key, default)
+    if not isinstance(value, bool):
+        raise TypeError(f"'{key}' must be True or False, not {value!r}.")
+    return value
+
+
+def get_synchronize_session(app: Flask) -> SynchronizeSession | None:
+    """Read ``SESSIONEXT_SYNCHRONIZE_SESSION``; ``None`` when unset.
+
+    :raise ValueError: the value is not one SQLAlchemy accepts.
+    """
+    value = app.config.get("SESSIONEXT_SYNCHRONIZE_SESSION")
+    if value is None:
+        return None
+    if value is not False and not (
+        isinstance(value, str) and value in ("auto", "evaluate", "fetch")
+    ):
+        raise ValueError(
+            f"'SESSIONEXT_SYNCHRONIZE_SESSION' must be one of 'auto', 'evaluate',"
+            f" 'fetch' or False, not {value!r}."
+        )
+    return t.cast(SynchronizeSession, value)
+
+
+def get_bind_configs(
+    app: Flask, engine_options: Mapping[str, t.Any] | None
+) -> dict[str | None, dict[str, t.Any]]:
+    """Collect the ``create_engine`` arguments of every bind, keyed by bind key.
+
+    The default bind is under ``None``. Each value holds ``url`` and the merged
+    engine options: constructor, then ``SESSIONEXT_ENGINE_OPTIONS``, then the
+    bind's own dict.
+
+    :raise TypeError: a bind is neither a string nor a dict with a ``url``.
+    """
+    base = get_options(app, "SESSIONEXT_ENGINE_OPTIONS", engine_options)
+    if get_bool(app, "SESSIONEXT_ECHO", False):
+        base.setdefault("echo", True)
+
+    binds = app.config.get("SESSIONEXT_BINDS") or {}
+    if not isinstance(binds, Mapping):
+        raise TypeError(
+            "'SESSIONEXT_BINDS' must be a mapping of bind keys to URLs or dicts,"
+            f" not {type(binds).__name__}."
+        )
+
+    default_uri = app.config.get("SESSIONEXT_DATABASE_URI") or "sqlite:///app.sqlite3"
+    configs: dict[str | None, dict[str, t.Any]] = {
+        None: {**base, "url": _check_url_type("SESSIONEXT_DATABASE_URI", default_uri)}
+    }
+
+    for key, value in binds.items():
+        where = f"SESSIONEXT_BINDS[{key!r}]"
+        if not isinstance(key, str):
+            raise TypeError(
+                f"Bind keys in 'SESSIONEXT_BINDS' must be strings, not {key!r}."
+            )
+        if isinstance(value, Mapping):
+            if "url" not in value:
+                raise TypeError(
+                    f"'{where}' is a dict without a 'url' key; give"
+                    " {'url': 'dialect://...', **engine_options} or a URL string."
+                )
+            configs[key] = {
+                **base,
+                **value,
+                "url": _check_url_type(where, value["url"]),
+            }
+        else:
+            configs[key] = {**base, "url": _check_url_type(where, value)}
+
+    return configs
+
+
+def _check_url_type(where: str, value: object) -> str | URL:
+    if isinstance(value, (str, URL)):
+        return value
+    raise TypeError(
+        f"'{where}' must be a URL string or a dict with a 'url' key,"
+        f" not {type(value).__name__}."
+    )
+
+
+def create_engine(app: Flask, where: str, options: dict[str, t.Any]) -> sa.Engine:
+    """Create an engine from a bind config of :func:`get_bind_configs`.
+
+    Relative SQLite paths resolve against ``app.instance_path`` (created if
+    missing); in-memory SQLite shares one connection across threads; server
+    databases get ``pool_pre_ping`` unless the options say otherwise.
+
+    :raise ValueError: the URL cannot be parsed, or names an unknown dialect or
+        a driver that is not installed.
+    """
+    options = dict(options)
+    raw_url = options.pop("url")
+    try:
+        url = sa.make_url(raw_url)
+    except (sa_exc.ArgumentError, ValueError):
+        # Not chained: SQLAlchemy's message may quote the URL, password included.
+        raise ValueError(
+            f"'{where}' is not a valid database URL: {mask_url(raw_url)!r}."
+            " Give 'dialect[+driver]://user:password@host[:port]/database',"
+            " for example 'sqlite:///app.sqlite3' or"
+            " 'postgresql+psycopg://user:password@127.0.0.1/app'."
+        ) from None
+
+    if url.get_backend_name() == "sqlite":
+        url, options = _sqlite_options(app, url, options)
+    else:
+        options.setdefault("pool_pre_ping", True)
+
+    try:
+        return sa.create_engine(url, **options)
+    except sa_exc.NoSuchModuleError as e:
+        raise ValueError(
+            f"'{where}' names an unknown dialect or driver"
+            f" '{url.drivername}' in {mask_url(url)!r}. Use a dialect that"
+            " SQLAlchemy or an installed plugin provides, such as 'sqlite',"
+            " 'postgresql+psycopg' or 'mysql+pymysql'."
+        ) from e
+    except ImportError as e:
+        raise ValueError(
+            f"'{where}' uses the driver of '{url.drivername}', which is not"
+            f" installed ({e}). Install it, or name an installed driver in the"
+            " URL, for example 'postgresql+psycopg://...'."
+        ) from e
+
+
+def _sqlite_options(
+    app: Flask, url: URL, options: dict[str, t.Any]
+) -> tuple[URL, dict[str, t.Any]]:
+    database = url.database
+    if database in (None, "", ":memory:") or (url.query.get("mode") == "memory"):
+        # One shared connection, so every thread sees the same database.
+        options.setdefault("poolclass", StaticPool)
+        connect_args = dict(options.get("connect_args", {}))
+        connect_args.setdefault("check_same_thread", False)
+        options["connect_args"] = connect_args
+    elif not database.startswith("file:") and not os.path.isabs(database):
+        os.makedirs(app.instance_path, exist_ok=True)
+        url = url.set(database=os.path.join(app.instance_path, database))
+    return url, options

@@ -1,0 +1,283 @@
+"""The :class:`SessionExt` extension: engines, the scoped session, teardown."""
+
+from __future__ import annotations
+
+import inspect
+import typing as t
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from types import MappingProxyType
+
+import sqlalchemy as sa
+import sqlalchemy.exc as sa_exc
+import sqlalchemy.orm as orm
+from flask import Flask, abort
+from flask.globals import _cv_app
+
+from . import _config, _sqlite
+from ._hooks import Hooks
+from ._scoping import (
+    NO_APP_CONTEXT,
+    Session,
+    app_ctx_scope,
+    engine_for_key,
+    make_session_class,
+)
+
+_O = t.TypeVar("_O")
+
+#: SQLAlchemy 2.1 takes session-wide execution options; 2.0 needs a listener.
+SESSION_EXECUTION_OPTIONS = (
+    "execution_options" in inspect.signature(orm.Session).parameters
+)
+
+_DEPTH = "sessionext.transaction_depth"
+
+
+@dataclass(eq=False)
+class _State:
+    """What :class:`SessionExt` keeps for one app, in
+    ``app.extensions["sessionext"]``.
+    """
+
+    extension: SessionExt
+    engines: Mapping[str | None, sa.Engine]
+    sessionmaker: orm.sessionmaker[Session]
+    hooks: Hooks
+
+
+class SessionExt:
+    """A SQLAlchemy session scoped to the Flask application context, and
+    SQLAlchemy's events as Blinker signals sent by the app.
+
+    :param app: call :meth:`init_app` on this app right away.
+    :param engine_options: defaults for ``create_engine`` of every bind;
+        ``SESSIONEXT_ENGINE_OPTIONS`` overrides them key by key.
+    :param session_options: defaults for the app's ``sessionmaker``;
+        ``SESSIONEXT_SESSION_OPTIONS`` overrides them key by key.
+    """
+
+    def __init__(
+        self,
+        app: Flask | None = None,
+        *,
+        engine_options: Mapping[str, t.Any] | None = None,
+        session_options: Mapping[str, t.Any] | None = None,
+    ) -> None:
+        for name, value in (
+            ("engine_options", engine_options),
+            ("session_options", session_options),
+        ):
+            if value is not None and not isinstance(value, Mapping):
+                raise TypeError(
+                    f"'{name}' must be a mapping of option names to values or"
+                    f" None, not {type(value).__name__} {value!r}."
+                )
+        self._engine_options = dict(engine_options or {})
+        self._session_options = dict(session_options or {})
+        self._session: orm.scoped_session[Session] = orm.scoped_session(
+            t.cast("orm.sessionmaker[Session]", self._make_session),
+            scopefunc=app_ctx_scope,
+        )
+        if app is not None:
+            self.init_app(app)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__}>"
+
+    def init_app(self, app: Flask) -> None:
+        """Create the app's engines and sessionmaker, and remove the session
+        when each of its application contexts ends. Opens no connection.
+
+        :raise RuntimeError: the app already has a :class:`SessionExt`.
+        """
+        if "sessionext" in app.extensions:
+            raise RuntimeError(
+                f"The Flask app {app.name!r} already has a SessionExt; an app"
+                " takes one. Use that instance, or a new Flask app."
+            )
+        _config.get_bool(app, "SESSIONEXT_COMMIT_ON_TEARDOWN", False)
+        synchronize = _config.get_synchronize_session(app)
+        options = _config.get_options(
+            app, "SESSIONEXT_SESSION_OPTIONS", self._session_options
+        )
+        hooks = Hooks()
+        engines: dict[str | None, sa.Engine] = {}
+        for key, bind in _config.get_bind_configs(app, self._engine_options).items():
+            where = (
+                "SESSIONEXT_DATABASE_URI"
+                if key is None
+                else f"SESSIONEXT_BINDS[{key!r}]"
+            )
+            engine = engines[key] = _config.create_engine(app, where, bind)
+            if _sqlite.needs_fix(engine):
+                autocommit = bind.get("isolation_level") == "AUTOCOMMIT"
+                _sqlite.install(hooks, engine, autocommit=autocommit)
+
+        session_class = make_session_class(options.pop("class_", None), engines)
+        if synchronize is not None and SESSION_EXECUTION_OPTIONS:
+            options["execution_options"] = {
+                "synchronize_session": synchronize,
+                **options.get("execution_options", {}),
+            }
+        maker = orm.sessionmaker(bind=engines[None], class_=session_class, **options)
+        if synchronize is not None and not SESSION_EXECUTION_OPTIONS:
+            hooks.add(maker.class_, "do_orm_execute", _synchronize_handler(synchronize))
+
+        app.extensions["sessionext"] = _State(
+            self, MappingProxyType(engines), maker, hooks
+        )
+        app.teardown_appcontext(self._teardown_session)
+
+    def _get_state(self, app: Flask) -> _State:
+        state: _State | None = app.extensions.get("sessionext")
+        if state is None or state.extension is not self:
+            raise RuntimeError(
+                f"The Flask app {app.name!r} is not registered with this"
+                " SessionExt. Call 'db.init_app(app)' on it first."
+            )
+        return state
+
+    def _current_state(self) -> _State:
+        return self._get_state(app_ctx_scope().app)
+
+    def _make_session(self, **kwargs: t.Any) -> Session:
+        return self._current_state().sessionmaker(**kwargs)
+
+    def _teardown_session(self, exc: BaseException | None) -> None:
+        registry = self._session.registry
+        if not registry.has():
+            return
+        session = registry()
+        app = app_ctx_scope().app
+        try:
+            if exc is None and app.config.get("SESSIONEXT_COMMIT_ON_TEARDOWN"):
+                session.commit()
+        finally:
+            try:
+                session.close()
+            finally:
+                registry.clear()
+
+    @property
+    def session(self) -> orm.scoped_session[Session]:
+        """The scoped session: inside an application context it stands for
+        that context's own :class:`~sqlalchemy.orm.Session`, created on first
+        use and removed when the context ends.
+
+        :raise RuntimeError: no application context is pushed.
+        """
+        if _cv_app.get(None) is None:
+            raise RuntimeError(NO_APP_CONTEXT)
+        return self._session
+
+    @property
+    def engines(self) -> Mapping[str | None, sa.Engine]:
+        """The current app's engines by bind key; ``None`` is the default."""
+        return self._current_state().engines
+
+    @property
+    def engine(self) -> sa.Engine:
+        """The current app's default engine."""
+        return self._current_state().engines[None]
+
+    def get_engine(self, bind_key: str | None = None) -> sa.Engine:
+        """The current app's engine for ``bind_key``.
+
+        :raise KeyError: the app has no such bind; the message lists the known
+            keys.
+        """
+        return engine_for_key(self._current_state().engines, bind_key)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """A unit of work on :attr:`session`, yielding that session.
+
+        The outermost block owns the session's transaction, joining one that
+        earlier queries began: it commits on success and rolls back on any
+        exception, ``KeyboardInterrupt`` included. A block nested in another
+        opens a SAVEPOINT; an exception rolls back only that savepoint, then
+        propagates.
+        """
+        session = self.session()
+        depth: int = session.info.get(_DEPTH, 0)
+        session.info[_DEPTH] = depth + 1
+        try:
+            if depth:
+                with session.begin_nested():
+                    yield session
+            else:
+                try:
+                    yield session
+                    session.commit()
+                except BaseException:
+                    session.rollback()
+                    raise
+        finally:
+            session.info[_DEPTH] = depth
+
+    @contextmanager
+    def session_scope(self) -> Iterator[Session]:
+        """A new Session of the current app, independent of :attr:`session`:
+        committed when the block succeeds, rolled back when it raises, and
+        closed in any case.
+        """
+        session = self._current_state().sessionmaker()
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
+    def get_or_404(
+        self, entity: type[_O], ident: t.Any, *, description: str | None = None
+    ) -> _O:
+        """``session.get(entity, ident)``, or abort with 404 when there is no
+        such row.
+        """
+        value = self.session.get(entity, ident)
+        if value is None:
+            abort(404, description=description)
+        return value
+
+    def first_or_404(
+        self, statement: sa.Select[t.Any], *, description: str | None = None
+    ) -> t.Any:
+        """The first result of ``statement``, or abort with 404 when it
+        returns no row.
+        """
+        value = self.session.execute(statement).scalar()
+        if value is None:
+            abort(404, description=description)
+        return value
+
+    def one_or_404(
+        self, statement: sa.Select[t.Any], *, description: str | None = None
+    ) -> t.Any:
+        """The only result of ``statement``, or abort with 404 when it returns
+        no row or several rows.
+        """
+        try:
+            return self.session.execute(statement).scalar_one()
+        except (sa_exc.NoResultFound, sa_exc.MultipleResultsFound):
+            abort(404, description=description)
+
+
+def _synchronize_handler(
+    synchronize: _config.SynchronizeSession,
+) -> t.Callable[[orm.ORMExecuteState], None]:
+    """A ``do_orm_execute`` handler that sets the default
+    ``synchronize_session`` of ORM-enabled UPDATE and DELETE statements.
+    """
+
+    def handler(state: orm.ORMExecuteState) -> None:
+        if (state.is_update or state.is_delete) and (
+            "synchronize_session" not in state.execution_options
+        ):
+            state.update_execution_options(synchronize_session=synchronize)
+
+    return handler
