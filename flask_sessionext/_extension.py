@@ -16,7 +16,10 @@ from flask import Flask, abort
 from flask.globals import _cv_app
 
 from . import _config, _sqlite
+from ._bridge import AppBridge, register, report
 from ._hooks import Hooks
+from ._register import Registration
+from ._register import register as register_listener
 from ._scoping import (
     NO_APP_CONTEXT,
     Session,
@@ -24,6 +27,8 @@ from ._scoping import (
     engine_for_key,
     make_session_class,
 )
+from .cli import cli
+from .signals import session_created, session_removed
 
 _O = t.TypeVar("_O")
 
@@ -45,6 +50,11 @@ class _State:
     engines: Mapping[str | None, sa.Engine]
     sessionmaker: orm.sessionmaker[Session]
     hooks: Hooks
+    bridge: AppBridge
+    #: While :func:`flask_sessionext.testing.rollback` runs: the engines that
+    #: :attr:`SessionExt.engines` returns instead of :attr:`engines`. (It has
+    #: a default, so it stays after the fields without one.)
+    testing_engines: Mapping[str | None, sa.Engine] | None = None
 
 
 class SessionExt:
@@ -112,8 +122,7 @@ class SessionExt:
             )
             engine = engines[key] = _config.create_engine(app, where, bind)
             if _sqlite.needs_fix(engine):
-                autocommit = bind.get("isolation_level") == "AUTOCOMMIT"
-                _sqlite.install(hooks, engine, autocommit=autocommit)
+                _sqlite.install(engine)
 
         session_class = make_session_class(options.pop("class_", None), engines)
         if synchronize is not None and SESSION_EXECUTION_OPTIONS:
@@ -125,10 +134,13 @@ class SessionExt:
         if synchronize is not None and not SESSION_EXECUTION_OPTIONS:
             hooks.add(maker.class_, "do_orm_execute", _synchronize_handler(synchronize))
 
+        bridge = AppBridge(app, maker.class_, engines, hooks)
         app.extensions["sessionext"] = _State(
-            self, MappingProxyType(engines), maker, hooks
+            self, MappingProxyType(engines), maker, hooks, bridge
         )
         app.teardown_appcontext(self._teardown_session)
+        app.cli.add_command(cli)
+        register(bridge)
 
     def _get_state(self, app: Flask) -> _State:
         state: _State | None = app.extensions.get("sessionext")
@@ -143,14 +155,21 @@ class SessionExt:
         return self._get_state(app_ctx_scope().app)
 
     def _make_session(self, **kwargs: t.Any) -> Session:
-        return self._current_state().sessionmaker(**kwargs)
+        app = app_ctx_scope().app
+        session = self._get_state(app).sessionmaker(**kwargs)
+        if session_created.receivers:
+            report(session_created, app, session=session)
+        return session
 
     def _teardown_session(self, exc: BaseException | None) -> None:
+        app = app_ctx_scope().app
+        bridge = self._get_state(app).bridge
+        if bridge.installed or bridge.hooks.pending:  # a safe point for removals
+            bridge.collect()
         registry = self._session.registry
         if not registry.has():
             return
         session = registry()
-        app = app_ctx_scope().app
         try:
             if exc is None and app.config.get("SESSIONEXT_COMMIT_ON_TEARDOWN"):
                 session.commit()
@@ -159,6 +178,8 @@ class SessionExt:
                 session.close()
             finally:
                 registry.clear()
+                if session_removed.receivers:
+                    report(session_removed, app, session=session, exception=exc)
 
     @property
     def session(self) -> orm.scoped_session[Session]:
@@ -175,12 +196,12 @@ class SessionExt:
     @property
     def engines(self) -> Mapping[str | None, sa.Engine]:
         """The current app's engines by bind key; ``None`` is the default."""
-        return self._current_state().engines
+        return self._engines()
 
     @property
     def engine(self) -> sa.Engine:
         """The current app's default engine."""
-        return self._current_state().engines[None]
+        return self._engines()[None]
 
     def get_engine(self, bind_key: str | None = None) -> sa.Engine:
         """The current app's engine for ``bind_key``.
@@ -188,7 +209,35 @@ class SessionExt:
         :raise KeyError: the app has no such bind; the message lists the known
             keys.
         """
-        return engine_for_key(self._current_state().engines, bind_key)
+        return engine_for_key(self._engines(), bind_key)
+
+    def _engines(self) -> Mapping[str | None, sa.Engine]:
+        state = self._current_state()
+        if state.testing_engines is not None:
+            return state.testing_engines
+        return state.engines
+
+    def register(self, listener: object, *, app: Flask | None = None) -> Registration:
+        """Connect every public method of ``listener`` whose name is a signal
+        name, in the style of SQLAlchemy's old ``SessionExtension``::
+
+            class FlushLogger:
+                def before_flush(self, sender, session, flush_context, instances):
+                    ...
+
+            handle = db.register(FlushLogger(), app=app)
+            handle.disconnect()
+
+        The methods receive the signal's arguments (the app first). References
+        are strong, so the listener lives as long as the registration.
+
+        :param app: receive this app's sends only; ``None`` for every app.
+        :return: a handle whose ``disconnect()`` undoes exactly this call.
+        :raise ValueError: a public method is named like a misspelt signal
+            (nothing is connected).
+        :raise TypeError: no public method is named like a signal.
+        """
+        return register_listener(listener, app)
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:

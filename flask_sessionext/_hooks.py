@@ -13,7 +13,9 @@ from __future__ import annotations
 import threading
 import typing as t
 
+import sqlalchemy as sa
 from sqlalchemy import event
+from sqlalchemy.engine.events import ConnectionEvents, DialectEvents
 
 Handler = t.Callable[..., t.Any]
 
@@ -48,7 +50,7 @@ class Hooks:
         self._lock = threading.RLock()
         self._hooks: dict[tuple[int, str], _Hook] = {}
         #: Hooks left without handlers while they were dispatching.
-        self._pending_removal: list[_Hook] = []
+        self.pending: list[_Hook] = []
 
     def add(self, target: t.Any, identifier: str, handler: Handler) -> None:
         """Call ``handler`` with the listener's positional arguments whenever
@@ -63,10 +65,10 @@ class Hooks:
             if handler in hook.handlers:
                 return
             hook.handlers = (*hook.handlers, handler)
-            if len(hook.handlers) == 1 and hook not in self._pending_removal:
+            if len(hook.handlers) == 1 and hook not in self.pending:
                 event.listen(target, identifier, hook.listener)
-            elif hook in self._pending_removal:
-                self._pending_removal.remove(hook)
+            elif hook in self.pending:
+                self.pending.remove(hook)
 
     def remove(self, target: t.Any, identifier: str, handler: Handler) -> None:
         """Undo :meth:`add`. The listener goes with its last handler, or at
@@ -76,27 +78,54 @@ class Hooks:
             hook = self._hooks.get((id(target), identifier))
             if hook is None or handler not in hook.handlers:
                 return
-            hook.handlers = tuple(h for h in hook.handlers if h is not handler)
+            hook.handlers = tuple(h for h in hook.handlers if h != handler)
             if not hook.handlers:
                 if hook.dispatching:
                     # SQLAlchemy forbids removing a listener during its dispatch.
-                    self._pending_removal.append(hook)
+                    self.pending.append(hook)
                 else:
                     self._uninstall(hook)
 
     def flush_pending(self) -> None:
         """Remove listeners that lost their last handler during a dispatch."""
         with self._lock:
-            for hook in list(self._pending_removal):
+            for hook in list(self.pending):
                 if not hook.dispatching and not hook.handlers:
-                    self._pending_removal.remove(hook)
+                    self.pending.remove(hook)
                     self._uninstall(hook)
 
     def _uninstall(self, hook: _Hook) -> None:
         del self._hooks[(id(hook.target), hook.identifier)]
         event.remove(hook.target, hook.identifier, hook.listener)
+        if isinstance(hook.target, sa.Engine):
+            _clear_event_flags(hook.target)
 
     def count(self, target: t.Any) -> int:
         """How many listeners this object installed on ``target``."""
         with self._lock:
             return sum(1 for hook in self._hooks.values() if hook.target is target)
+
+
+def _event_names(events: type) -> tuple[str, ...]:
+    return tuple(
+        name for name in vars(events) if not name.startswith("_") and name != "dispatch"
+    )
+
+
+_CONNECTION_EVENTS = _event_names(ConnectionEvents)
+_DIALECT_EVENTS = _event_names(DialectEvents)
+
+
+def _clear_event_flags(engine: sa.Engine) -> None:
+    """Put ``engine`` back on SQLAlchemy's fast path once it has no listener.
+
+    The first connection (dialect) event listener sets a flag that makes
+    every statement dispatch the engine's (dialect's) events, and removing the
+    listener does not clear it. Without this, a receiver that connected once
+    would cost every later statement something, for good.
+    """
+    if not any(getattr(engine.dispatch, name) for name in _CONNECTION_EVENTS):
+        engine._has_events = False
+    dialect = engine.dialect
+    if not any(getattr(dialect.dispatch, name) for name in _DIALECT_EVENTS):
+        dialect._has_events = False

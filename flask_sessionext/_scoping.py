@@ -29,14 +29,23 @@ def app_ctx_scope() -> AppContext:
 
 
 class Session(orm.Session):
-    """The Session of this package. Each app gets its own subclass, which
-    carries the app's engines, so its events and binds stay its own.
+    """The Session of this package. Each app gets its own subclass, so its
+    class-level event listeners stay its own.
+    """
+
+
+class _RoutingSession(Session):
+    """The Session of an app with several binds: it carries the app's engines
+    and routes each mapped class to its bind.
     """
 
     #: The app's engines by bind key, set on each app's subclass.
     _sessionext_engines: t.ClassVar[Mapping[str | None, sa.Engine]] = {}
     #: Mapper -> engine, filled on first use, for apps with several binds.
     _sessionext_bind_cache: t.ClassVar[dict[orm.Mapper[t.Any], sa.Engine]] = {}
+    #: Engine -> the connection that stands in for it while
+    #: :func:`flask_sessionext.testing.rollback` runs; empty otherwise.
+    _sessionext_connections: t.ClassVar[dict[sa.Engine, sa.Connection]] = {}
 
     def get_bind(
         self,
@@ -58,7 +67,7 @@ class Session(orm.Session):
             elif clause is not None:
                 engine = self._engine_for_clause(clause)
             if engine is not None:
-                return engine
+                return self._sessionext_connections.get(engine, engine)
         return super().get_bind(mapper, clause=clause, **kwargs)
 
     def _engine_for_mapper(self, mapper: t.Any) -> sa.Engine | None:
@@ -116,13 +125,19 @@ def make_session_class(
 
     :raise TypeError: ``base`` is not a subclass of SQLAlchemy's Session.
     """
-    bases: tuple[type, ...] = (Session,)
+    # A single bind needs no routing, and no get_bind() call of ours per query.
+    ours = _RoutingSession if len(engines) > 1 else Session
+    bases: tuple[type, ...] = (ours,)
     if base is not None and base is not Session:
         if not (isinstance(base, type) and issubclass(base, orm.Session)):
             raise TypeError(
                 "The 'class_' session option must be a subclass of"
                 f" sqlalchemy.orm.Session, not {base!r}."
             )
-        bases = (Session, base) if not issubclass(base, Session) else (base,)
-    namespace = {"_sessionext_engines": engines, "_sessionext_bind_cache": {}}
+        bases = (ours, base)
+    namespace = {
+        "_sessionext_engines": engines,
+        "_sessionext_bind_cache": {},
+        "_sessionext_connections": {},
+    }
     return t.cast(type[Session], type("Session", bases, namespace))

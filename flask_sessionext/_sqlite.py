@@ -1,9 +1,17 @@
 """Correct transactions and SAVEPOINTs with the standard ``sqlite3`` driver.
 
-``sqlite3`` begins transactions itself, only before DML, and so lets a
-SAVEPOINT that is the first statement of a transaction run outside any
-transaction. SQLAlchemy's documented recipe turns the driver's own
-transaction handling off and emits ``BEGIN`` when SQLAlchemy begins one.
+``sqlite3`` (before Python 3.12's ``autocommit``) begins transactions itself,
+and only before data changes, so a SAVEPOINT that is the first statement of a
+transaction runs outside any transaction and its work survives the rollback.
+SQLAlchemy's documented recipe emits ``BEGIN`` whenever SQLAlchemy begins a
+transaction; once a transaction is open, ``sqlite3`` adds no BEGIN of its own.
+
+The recipe puts the BEGIN in a ``begin`` listener. Any connection-event
+listener makes SQLAlchemy dispatch the (empty) events of every statement of
+the engine, so the BEGIN is emitted from the dialect's ``do_begin`` hook
+instead: per transaction, and nothing per statement. It goes straight to the
+driver, so it is no query of the application: not recorded, not timed, and
+no cursor signal sees it.
 """
 
 from __future__ import annotations
@@ -12,11 +20,9 @@ import typing as t
 
 import sqlalchemy as sa
 
-from ._hooks import Hooks
-
-
-def _on_connect(dbapi_connection: t.Any, connection_record: t.Any) -> None:
-    dbapi_connection.isolation_level = None
+#: sqlite3.LEGACY_TRANSACTION_CONTROL, the only ``autocommit`` mode (and the
+#: only one before Python 3.12) in which the driver needs this fix.
+_LEGACY = -1
 
 
 def needs_fix(engine: sa.Engine) -> bool:
@@ -24,25 +30,16 @@ def needs_fix(engine: sa.Engine) -> bool:
     return engine.dialect.name == "sqlite" and engine.dialect.driver == "pysqlite"
 
 
-def install(hooks: Hooks, engine: sa.Engine, *, autocommit: bool) -> None:
-    """Apply the fix to ``engine``: one ``connect`` and one ``begin`` handler.
+def _do_begin(dbapi_connection: t.Any) -> None:
+    if (
+        getattr(dbapi_connection, "autocommit", _LEGACY) == _LEGACY
+        # None is the AUTOCOMMIT isolation level: no transactions at all.
+        and dbapi_connection.isolation_level is not None
+        and not dbapi_connection.in_transaction
+    ):
+        dbapi_connection.execute("BEGIN")
 
-    :param autocommit: the engine was created with
-        ``isolation_level="AUTOCOMMIT"``, so it begins no transactions.
-    """
 
-    def on_begin(conn: sa.Connection) -> None:
-        level = conn.get_execution_options().get("isolation_level")
-        if level == "AUTOCOMMIT" or (level is None and autocommit):
-            return
-        dbapi_connection = conn.connection.driver_connection
-        if dbapi_connection.isolation_level is not None:  # type: ignore[union-attr]
-            # Resetting a connection that ran in AUTOCOMMIT turns the
-            # driver's own transaction handling back on.
-            dbapi_connection.isolation_level = None  # type: ignore[union-attr]
-        # Straight on the DBAPI connection: this BEGIN is not a query of the
-        # application, so it must not reach cursor events, recording or timing.
-        dbapi_connection.execute("BEGIN")  # type: ignore[union-attr]
-
-    hooks.add(engine, "connect", _on_connect)
-    hooks.add(engine, "begin", on_begin)
+def install(engine: sa.Engine) -> None:
+    """Apply the fix to ``engine``'s dialect, which is the engine's own."""
+    setattr(engine.dialect, "do_begin", _do_begin)  # noqa: B010

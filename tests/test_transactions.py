@@ -182,6 +182,9 @@ def test_synchronize_session_default(
         finally:
             db.session.rollback()
             Base.metadata.drop_all(db.engine)
+            engines = list(db.engines.values())
+    for engine in engines:
+        engine.dispose()
 
 
 def test_no_synchronize_session_no_listener(

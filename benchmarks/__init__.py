@@ -1,0 +1,1 @@
+"""Benchmarks: this extension side by side with plain SQLAlchemy and peers."""

@@ -1,0 +1,8 @@
+"""``python -m benchmarks``: run every benchmark and print its table."""
+
+from __future__ import annotations
+
+from . import bench_signals
+
+if __name__ == "__main__":
+    bench_signals.main()

@@ -1,0 +1,228 @@
+"""From the signal catalog to SQLAlchemy listeners, installed only while a
+signal has receivers for an app.
+
+Every bridged signal's ``receiver_connected`` / ``receiver_disconnected`` runs
+:func:`sync`, which installs the listener of a signal on each app that has a
+receiver for it, removes it from the others, and resolves each app's
+receivers ahead of the sends, so that a send costs no more than calling them.
+Blinker says nothing when a weakly referenced receiver is garbage-collected;
+its listener, which then sends to nobody, goes at the next safe point: the
+next connect or disconnect, or the next app-context teardown
+(:meth:`AppBridge.collect`).
+"""
+
+from __future__ import annotations
+
+import threading
+import typing as t
+import weakref
+from inspect import iscoroutinefunction, ismethod
+
+import sqlalchemy as sa
+from blinker import NamedSignal, Signal
+from flask import Flask
+
+from ._errors import guard, receiver_failed, unguard
+from ._hooks import Handler, Hooks
+from .signals import CATALOG, BridgedEvent
+
+_lock = threading.RLock()
+_bridges: weakref.WeakSet[AppBridge] = weakref.WeakSet()
+
+#: A receiver as a send finds it: a weak reference (or, for an object that
+#: takes none, a strong one behind a lambda) and whether it is a coroutine.
+_Resolved = tuple[tuple[t.Callable[[], t.Any], bool], ...]
+
+
+def _resolve(signal: Signal, app: Flask) -> _Resolved:
+    """The receivers of ``signal`` for ``app``, referenced weakly: Blinker
+    holds those it was told to hold, and a dead one is skipped.
+    """
+    resolved = []
+    for receiver in signal.receivers_for(app):
+        resolved.append((_ref(receiver), iscoroutinefunction(receiver)))
+    return tuple(resolved)
+
+
+def _ref(receiver: t.Callable[..., t.Any]) -> t.Callable[[], t.Any]:
+    try:
+        if ismethod(receiver):
+            return weakref.WeakMethod(receiver)
+        return weakref.ref(receiver)
+    except TypeError:  # takes no weak reference, so Blinker holds it strongly
+        return lambda: receiver
+
+
+class AppBridge:
+    """The bridged-signal listeners of one app."""
+
+    def __init__(
+        self,
+        app: Flask,
+        session_class: type[sa.orm.Session],
+        engines: t.Mapping[str | None, sa.Engine],
+        hooks: Hooks,
+    ) -> None:
+        # Weak, so the class-level session listeners do not keep the app alive.
+        self._app = weakref.ref(app)
+        self._session_class = session_class
+        self._engines = engines
+        self.hooks = hooks
+        #: Installed signals by name: their (target, handler) pairs, and the
+        #: cell holding their resolved receivers.
+        self.installed: dict[
+            str, tuple[list[tuple[t.Any, Handler]], list[_Resolved]]
+        ] = {}
+        #: Features that report receiver errors from session operations.
+        self._guards: set[str] = set()
+
+    def set_guard(self, owner: str, on: bool) -> None:
+        """Say whether feature ``owner`` sends reporting signals from inside
+        session operations (see :func:`flask_sessionext._errors.guard`).
+        """
+        if on:
+            self._guards.add(owner)
+        else:
+            self._guards.discard(owner)
+        if self._guards:
+            guard(self._session_class)
+        else:
+            unguard(self._session_class)
+
+    def sync(self, entry: BridgedEvent) -> None:
+        """Install, refresh or remove the listener of ``entry`` as its
+        receivers say.
+        """
+        app = self._app()
+        resolved = _resolve(entry.signal, app) if app is not None else ()
+        if entry.name in self.installed:
+            pairs, cell = self.installed[entry.name]
+            cell[0] = resolved
+            if resolved:
+                return
+            del self.installed[entry.name]
+            for target, handler in pairs:
+                self.hooks.remove(target, entry.name, handler)
+        elif resolved:
+            cell = [resolved]
+            pairs = [
+                (target, _handler(entry, self._app, key, cell))
+                for target, key in self._targets(entry)
+            ]
+            for target, handler in pairs:
+                self.hooks.add(target, entry.name, handler)
+            self.installed[entry.name] = (pairs, cell)
+        else:
+            return
+        self.set_guard(
+            "signals", any(not CATALOG[name].propagates for name in self.installed)
+        )
+
+    def collect(self) -> None:
+        """Remove listeners whose receivers were all garbage-collected."""
+        with _lock:
+            for name, (_, cell) in list(self.installed.items()):
+                if any(ref() is None for ref, _ in cell[0]):
+                    self.sync(CATALOG[name])
+            self.hooks.flush_pending()
+
+    def _targets(self, entry: BridgedEvent) -> list[tuple[t.Any, str | None]]:
+        if entry.target == "session":
+            return [(self._session_class, None)]
+        return [(engine, key) for key, engine in self._engines.items()]
+
+
+def register(bridge: AppBridge) -> None:
+    """Give a newly initialised app the listeners its receivers need."""
+    with _lock:
+        _bridges.add(bridge)
+        for entry in CATALOG.values():
+            if entry.signal.receivers:
+                bridge.sync(entry)
+
+
+def sync(signal: Signal, **kwargs: t.Any) -> None:
+    """Bring every app's listeners in line with the signals' receivers.
+
+    Connected to each bridged signal's ``receiver_connected`` and
+    ``receiver_disconnected``; it also sweeps listeners left behind by
+    garbage-collected receivers, on every signal.
+    """
+    with _lock:
+        for bridge in list(_bridges):
+            for entry in CATALOG.values():
+                if entry.signal.receivers or entry.name in bridge.installed:
+                    bridge.sync(entry)
+            bridge.hooks.flush_pending()
+
+
+for _entry in CATALOG.values():
+    _entry.signal.receiver_connected.connect(sync, weak=False)
+    _entry.signal.receiver_disconnected.connect(sync, weak=False)
+
+
+def _handler(
+    entry: BridgedEvent,
+    app_ref: weakref.ref[Flask],
+    bind_key: str | None,
+    cell: list[_Resolved],
+) -> Handler:
+    """The function that turns the listener's positional arguments into a
+    send of ``entry``'s signal by the app, to the receivers in ``cell``.
+    """
+    names = entry.argnames
+    signal = entry.signal
+    name = entry.name
+    with_bind_key = entry.target != "session"
+
+    if entry.propagates:
+
+        def send(*args: t.Any) -> None:
+            app = app_ref()
+            if app is None or signal.is_muted:
+                return
+            kwargs = dict(zip(names, args))
+            if with_bind_key:
+                kwargs["bind_key"] = bind_key
+            for ref, is_async in cell[0]:
+                receiver = ref()
+                if receiver is not None:
+                    if is_async:
+                        receiver = app.ensure_sync(receiver)
+                    receiver(app, **kwargs)
+
+        return send
+
+    def send_reporting(*args: t.Any) -> None:
+        app = app_ref()
+        if app is None or signal.is_muted:
+            return
+        kwargs = dict(zip(names, args))
+        if with_bind_key:
+            kwargs["bind_key"] = bind_key
+        for ref, is_async in cell[0]:
+            receiver = ref()
+            if receiver is not None:
+                try:
+                    if is_async:
+                        receiver = app.ensure_sync(receiver)
+                    receiver(app, **kwargs)
+                except Exception as e:
+                    receiver_failed(app, name, receiver, e)
+
+    return send_reporting
+
+
+def report(signal: NamedSignal, app: Flask, **kwargs: t.Any) -> None:
+    """Send ``signal`` for something that already happened: every receiver
+    runs, and an exception of one is handed to :func:`receiver_failed`.
+    """
+    if signal.is_muted:
+        return
+    for receiver in signal.receivers_for(app):
+        try:
+            if iscoroutinefunction(receiver):
+                receiver = app.ensure_sync(receiver)
+            receiver(app, **kwargs)
+        except Exception as e:
+            receiver_failed(app, signal.name, receiver, e)

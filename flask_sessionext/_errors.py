@@ -1,0 +1,138 @@
+"""What happens when a receiver of a signal that reports raises.
+
+SQLAlchemy must not see such an exception: raised from inside its
+``after_commit`` or ``checkin`` call, it would leave a session stuck in its
+committed state or a connection counted as checked out. The bridge catches it,
+logs it, and, with ``SESSIONEXT_RAISE_RECEIVER_ERRORS``, parks the first one
+of the running session operation here, to be raised once that operation has
+completed.
+"""
+
+from __future__ import annotations
+
+import functools
+import typing as t
+from contextvars import ContextVar
+
+from flask import Flask
+
+
+class _Operation:
+    """The session operation that is running: the receiver errors to raise
+    and the tasks to run once it has completed.
+    """
+
+    __slots__ = ("after", "errors")
+
+    def __init__(self) -> None:
+        self.errors: list[Exception] = []
+        self.after: list[t.Callable[[], None]] = []
+
+
+#: The running session operation; ``None`` when there is none.
+_current: ContextVar[_Operation | None] = ContextVar(
+    "sessionext_operation", default=None
+)
+
+
+#: The methods of Session that run SQL or end a transaction.
+OPERATIONS = (
+    "begin_nested",
+    "close",
+    "commit",
+    "connection",
+    "delete",
+    "execute",
+    "flush",
+    "get",
+    "get_one",
+    "invalidate",
+    "merge",
+    "refresh",
+    "reset",
+    "rollback",
+    "scalar",
+    "scalars",
+)
+
+_F = t.TypeVar("_F", bound=t.Callable[..., t.Any])
+
+
+def receiver_failed(app: Flask, name: str, receiver: object, error: Exception) -> None:
+    """Log ``error`` of a ``receiver`` of signal ``name``, and park it to be
+    raised after the running session operation when the app says so.
+    """
+    qualname = getattr(receiver, "__qualname__", repr(receiver))
+    module = getattr(receiver, "__module__", None)
+    app.logger.error(
+        "Receiver %s of signal %r raised %s.",
+        f"{module}.{qualname}" if module else qualname,
+        name,
+        type(error).__name__,
+        exc_info=error,
+    )
+    operation = _current.get()
+    if operation is None or operation.errors:
+        return
+    if app.config.get("SESSIONEXT_RAISE_RECEIVER_ERRORS", app.testing):
+        operation.errors.append(error)
+
+
+def after_operation(task: t.Callable[[], None]) -> None:
+    """Run ``task`` once the running session operation has completed
+    successfully, or now when none is running.
+
+    ``after_commit`` is the place SQLAlchemy offers to learn of a commit, but
+    the session can run no SQL there; deferred, a ``models_committed``
+    receiver or an ``on_commit`` callback may use the session again.
+    """
+    operation = _current.get()
+    if operation is None:
+        task()
+    else:
+        operation.after.append(task)
+
+
+def guard(session_class: type) -> None:
+    """Wrap the operations of ``session_class`` with :func:`operation`.
+
+    Only while some receiver error may need raising: an app with none of the
+    reporting signals in use pays nothing per query.
+    """
+    for name in OPERATIONS:
+        if name not in vars(session_class):
+            setattr(session_class, name, operation(getattr(session_class, name)))
+
+
+def unguard(session_class: type) -> None:
+    """Undo :func:`guard`."""
+    for name in OPERATIONS:
+        if name in vars(session_class):
+            delattr(session_class, name)
+
+
+def operation(method: _F) -> _F:
+    """Wrap a Session method so that a receiver error parked while it runs is
+    raised once it has completed.
+    """
+
+    @functools.wraps(method)
+    def wrapper(self: t.Any, *args: t.Any, **kwargs: t.Any) -> t.Any:
+        if _current.get() is not None:  # an operation inside an operation
+            return method(self, *args, **kwargs)
+        operation = _Operation()
+        token = _current.set(operation)
+        try:
+            result = method(self, *args, **kwargs)
+            # By index: a task may run an operation that defers more tasks.
+            index = 0
+            while index < len(operation.after):
+                operation.after[index]()
+                index += 1
+        finally:
+            _current.reset(token)
+        if operation.errors:
+            raise operation.errors[0]
+        return result
+
+    return t.cast(_F, wrapper)
