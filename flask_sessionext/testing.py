@@ -1,0 +1,301 @@
+"""Tests that may commit, and leave nothing behind: a pytest plugin, the same
+as a context manager, and a helper that records what a signal sends.
+
+The package registers this module as the ``sessionext`` pytest plugin
+through the ``pytest11`` entry point. It defines the
+:func:`sessionext_rollback` fixture and nothing else: no autouse fixture, no
+option, no hook, so it changes nothing in a test session that does not use
+the fixture.
+"""
+
+from __future__ import annotations
+
+import itertools
+import typing as t
+import warnings
+import weakref
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack, contextmanager
+from types import MappingProxyType
+
+import blinker
+import pytest
+import sqlalchemy as sa
+import sqlalchemy.orm as orm
+from flask import Flask
+from sqlalchemy.engine.base import OptionEngine, RootTransaction
+
+if t.TYPE_CHECKING:
+    from ._extension import _State
+
+__all__ = ["capture_signal", "rollback", "sessionext_rollback"]
+
+_UNCOVERED = (
+    "A session created, or an Engine object obtained, before the rollback block"
+    " was used in it: its work is not rolled back with the block. Create sessions"
+    " and get engines ('db.engine', 'db.get_engine()') inside the block."
+)
+
+
+class _Block:
+    """What one :func:`rollback` block must close at its end, and the names
+    of its SAVEPOINTs.
+    """
+
+    def __init__(self) -> None:
+        self.sessions: weakref.WeakSet[orm.Session] = weakref.WeakSet()
+        self.connections: weakref.WeakSet[_JoinedConnection] = weakref.WeakSet()
+        self.savepoints = itertools.count(1)
+
+    def track(
+        self, session: orm.Session, transaction: t.Any, connection: sa.Connection
+    ) -> None:
+        """``after_begin`` handler: remember each session that began a
+        transaction during the block, and warn about one that was created
+        before it, whose rollback would roll back the outer transaction.
+        """
+        self.sessions.add(session)
+        if isinstance(connection, _OuterConnection) and (
+            session.join_transaction_mode != "create_savepoint"
+        ):
+            warnings.warn(_UNCOVERED, stacklevel=2)
+
+    def close(self) -> None:
+        """Close what the code under test left open; its work is rolled back
+        with the outer transactions right after.
+        """
+        closeables: list[orm.Session | sa.Connection] = [
+            *self.sessions,
+            *self.connections,
+        ]
+        with ExitStack() as stack:
+            for closeable in closeables:
+                stack.callback(closeable.close)
+
+
+class _OuterConnection(sa.Connection):
+    """The connection of a block's outer transaction on one bind."""
+
+    def commit(self) -> None:
+        """Refuse, and leave the transaction as it is: committing it would
+        keep everything the test did so far.
+        """
+        raise RuntimeError(
+            "The outer transaction of flask_sessionext.testing.rollback() cannot"
+            " be committed. Commit the session, or a connection of 'db.engine',"
+            " instead of the connection that 'db.session.connection()' returns."
+        )
+
+
+class _JoinedConnection(sa.Connection):
+    """What ``engine.connect()`` returns during a block: a connection on the
+    outer connection's DBAPI connection, whose transaction is a SAVEPOINT in
+    the outer transaction.
+
+    Its ``begin()`` (or autobegin), ``commit()`` and ``rollback()`` emit
+    ``SAVEPOINT``, ``RELEASE SAVEPOINT`` and ``ROLLBACK TO SAVEPOINT``, so the
+    connection events report SAVEPOINTs where production reports ``BEGIN``,
+    ``COMMIT`` and ``ROLLBACK``. ``close()`` rolls back a SAVEPOINT left open,
+    and leaves the DBAPI connection to the outer connection.
+
+    This overrides ``Connection._begin_impl()``, ``_commit_impl()`` and
+    ``_rollback_impl()``, and calls the ``_*savepoint_impl()`` methods, which
+    SQLAlchemy has had since 1.x but are not public API; the tests of this
+    module run every one of those paths.
+    """
+
+    def __init__(self, engine: _JoinedEngine) -> None:
+        self._sessionext_block = engine.block
+        self._sessionext_savepoint: str | None = None
+        super().__init__(engine, engine.outer.connection, _allow_revalidate=False)
+        engine.block.connections.add(self)
+
+    def _begin_impl(self, transaction: RootTransaction) -> None:
+        name = f"sessionext_{next(self._sessionext_block.savepoints)}"
+        # The SAVEPOINT runs before the connection has a transaction, and must
+        # not autobegin one (SQLAlchemy guards its BEGIN with a private flag).
+        self._allow_autobegin = False
+        try:
+            self._sessionext_savepoint = self._savepoint_impl(name)
+        finally:
+            self._allow_autobegin = True
+
+    def _commit_impl(self) -> None:
+        name, self._sessionext_savepoint = self._sessionext_savepoint, None
+        if name is not None:
+            self._release_savepoint_impl(name)
+
+    def _rollback_impl(self) -> None:
+        name, self._sessionext_savepoint = self._sessionext_savepoint, None
+        if name is not None and self._still_open_and_dbapi_connection_is_valid:
+            self._rollback_to_savepoint_impl(name)
+            self._release_savepoint_impl(name)
+
+    def close(self) -> None:
+        """Roll back this connection's SAVEPOINT if it is still open; the DBAPI
+        connection stays with the outer connection.
+        """
+        try:
+            if self._transaction is not None:
+                self._transaction.close()
+        finally:
+            self._dbapi_connection = None
+
+
+class _JoinedEngine(OptionEngine):
+    """An app's engine as :attr:`SessionExt.engine` and friends return it
+    during a block: it shares the pool, dialect, events and options of the
+    app's engine, and its :meth:`connect` returns a :class:`_JoinedConnection`
+    on ``outer``. So do engines made from it by ``execution_options()``.
+    """
+
+    _connection_cls = _JoinedConnection
+    outer: sa.Connection
+    block: _Block
+
+    def __init__(
+        self,
+        proxied: sa.Engine,
+        execution_options: Mapping[str, t.Any],
+        joined: tuple[sa.Connection, _Block] | None = None,
+    ) -> None:
+        super().__init__(proxied, execution_options)
+        if joined is None:
+            assert isinstance(proxied, _JoinedEngine)
+            joined = (proxied.outer, proxied.block)
+        self.outer, self.block = joined
+
+
+_JoinedEngine._option_cls = _JoinedEngine
+
+
+def _get_state(app: Flask) -> _State:
+    state: _State | None = app.extensions.get("sessionext")
+    if state is None:
+        raise RuntimeError(
+            f"The Flask app {app.name!r} has no SessionExt. Call"
+            " 'db.init_app(app)' before running tests in a rollback block."
+        )
+    return state
+
+
+def _warn_uncovered(conn: sa.Connection) -> None:
+    """``engine_connect`` handler of the app's own engines during a block."""
+    if not isinstance(conn, (_OuterConnection, _JoinedConnection)):
+        warnings.warn(_UNCOVERED, stacklevel=2)
+
+
+@contextmanager
+def rollback(app: Flask) -> Iterator[Flask]:
+    """Run the block in one outer transaction per bind of ``app``, and roll
+    them all back at its end, also when it raises. The code in the block may
+    commit, nest SAVEPOINTs and use :meth:`~SessionExt.session_scope`: its
+    work is seen inside the block and gone after it. Pushes no application
+    context; yields ``app``.
+
+    How the block covers the app's database work:
+
+    -   Each engine of the app opens one connection and begins the outer
+        transaction on it. Its ``commit()`` raises ``RuntimeError``.
+    -   Sessions created in the block (:attr:`~SessionExt.session`,
+        :meth:`~SessionExt.session_scope`, the app's ``sessionmaker``) are
+        bound to those connections with
+        ``join_transaction_mode="create_savepoint"``: a session's
+        transaction is a SAVEPOINT, its commit releases it, its rollback
+        rolls back to it. Session events, and the signals built on them,
+        fire as in production. Sessions still open at the end are closed.
+        In the block, ``session.bind`` is the outer connection.
+    -   :attr:`~SessionExt.engine`, :attr:`~SessionExt.engines` and
+        :meth:`~SessionExt.get_engine` return stand-ins for the app's
+        engines, sharing their pool, dialect and event listeners, whose
+        ``connect()`` and ``begin()`` give connections on the outer
+        connection, with SAVEPOINTs for transactions; so do the engines that
+        their ``execution_options()`` makes. Connections left open are
+        closed at the end.
+
+    Not covered, and warned about: ``Engine`` objects obtained before the
+    block (they are the app's own engines, whose connections are real) and
+    sessions created before the block. Not covered: ``raw_connection()``,
+    other processes.
+    All work shares one connection per bind, so it runs in one thread at a
+    time and its transactions must nest: a transaction that begins after
+    another ends before it (as a ``session_scope()`` inside a request does).
+    Changing the isolation level (``AUTOCOMMIT`` included) is not supported.
+
+    :raise RuntimeError: ``app`` has no :class:`SessionExt`, or a block is
+        already running on it.
+    """
+    state = _get_state(app)
+    if state.testing_engines is not None:
+        raise RuntimeError(
+            f"A rollback block is already running on the Flask app {app.name!r};"
+            " blocks do not nest. Use one block per test."
+        )
+    block = _Block()
+    maker = state.sessionmaker
+    # The Session class of an app with several binds maps each engine it
+    # routes to to the connection standing in for it.
+    routed: dict[sa.Engine, sa.Connection] = getattr(
+        maker.class_, "_sessionext_connections", {}
+    )
+    saved_options = dict(maker.kw)
+    outers: dict[sa.Engine, sa.Connection] = {}
+    engines: dict[str | None, sa.Engine] = {}
+    with ExitStack() as stack:
+        for key, engine in state.engines.items():
+            outer = stack.enter_context(_OuterConnection(engine))  # rolls back on close
+            outer.begin()
+            outers[engine] = outer
+            engines[key] = _JoinedEngine(engine, {}, (outer, block))
+
+        @stack.callback
+        def restore() -> None:
+            state.testing_engines = None
+            routed.clear()
+            maker.kw.clear()
+            maker.kw.update(saved_options)
+
+        routed.update(outers)
+        maker.configure(
+            bind=outers[state.engines[None]], join_transaction_mode="create_savepoint"
+        )
+        state.testing_engines = MappingProxyType(engines)
+        hooks: list[tuple[t.Any, str, t.Callable[..., None]]] = [
+            (maker.class_, "after_begin", block.track)
+        ]
+        hooks += [(engine, "engine_connect", _warn_uncovered) for engine in outers]
+        for target, identifier, handler in hooks:
+            state.hooks.add(target, identifier, handler)
+            stack.callback(state.hooks.remove, target, identifier, handler)
+        stack.callback(block.close)
+        yield app
+
+
+@pytest.fixture
+def sessionext_rollback(app: Flask) -> Iterator[Flask]:
+    """Run the test in :func:`rollback` on the app of the ``app`` fixture
+    (the pytest-flask convention), so everything it commits is rolled back
+    at its end, whether it passed, failed or raised. Yields the app.
+    """
+    with rollback(app):
+        yield app
+
+
+@contextmanager
+def capture_signal(
+    signal: blinker.Signal, app: Flask | None = None
+) -> Iterator[list[tuple[t.Any, dict[str, t.Any]]]]:
+    """Record what ``signal`` sends during the block: yields a list that gets
+    ``(sender, kwargs)`` for each send, in order. The receiver is connected
+    for the block only, and strongly referenced.
+
+    :param signal: any Blinker signal, of this package, of Flask or your own.
+    :param app: record only what this app sends; by default every sender.
+    """
+    sent: list[tuple[t.Any, dict[str, t.Any]]] = []
+
+    def receiver(sender: t.Any, /, **kwargs: t.Any) -> None:
+        sent.append((sender, kwargs))
+
+    with signal.connected_to(receiver, sender=blinker.ANY if app is None else app):
+        yield sent
