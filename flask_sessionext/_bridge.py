@@ -64,8 +64,8 @@ class AppBridge:
         hooks: Hooks,
     ) -> None:
         # Weak, so the class-level session listeners do not keep the app alive.
-        self._app = weakref.ref(app)
-        self._session_class = session_class
+        self.app = weakref.ref(app)
+        self.session_class = session_class
         self._engines = engines
         self.hooks = hooks
         #: Installed signals by name: their (target, handler) pairs, and the
@@ -85,15 +85,15 @@ class AppBridge:
         else:
             self._guards.discard(owner)
         if self._guards:
-            guard(self._session_class)
+            guard(self.session_class)
         else:
-            unguard(self._session_class)
+            unguard(self.session_class)
 
     def sync(self, entry: BridgedEvent) -> None:
         """Install, refresh or remove the listener of ``entry`` as its
         receivers say.
         """
-        app = self._app()
+        app = self.app()
         resolved = _resolve(entry.signal, app) if app is not None else ()
         if entry.name in self.installed:
             pairs, cell = self.installed[entry.name]
@@ -106,7 +106,7 @@ class AppBridge:
         elif resolved:
             cell = [resolved]
             pairs = [
-                (target, _handler(entry, self._app, key, cell))
+                (target, _handler(entry, self.app, key, cell))
                 for target, key in self._targets(entry)
             ]
             for target, handler in pairs:
@@ -128,7 +128,7 @@ class AppBridge:
 
     def _targets(self, entry: BridgedEvent) -> list[tuple[t.Any, str | None]]:
         if entry.target == "session":
-            return [(self._session_class, None)]
+            return [(self.session_class, None)]
         return [(engine, key) for key, engine in self._engines.items()]
 
 

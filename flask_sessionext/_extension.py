@@ -17,6 +17,7 @@ from flask.globals import _cv_app
 
 from . import _config, _sqlite
 from ._bridge import AppBridge, register, report
+from ._changes import ChangeTracker
 from ._hooks import Hooks
 from ._register import Registration
 from ._register import register as register_listener
@@ -51,6 +52,7 @@ class _State:
     sessionmaker: orm.sessionmaker[Session]
     hooks: Hooks
     bridge: AppBridge
+    tracker: ChangeTracker
     #: While :func:`flask_sessionext.testing.rollback` runs: the engines that
     #: :attr:`SessionExt.engines` returns instead of :attr:`engines`. (It has
     #: a default, so it stays after the fields without one.)
@@ -136,7 +138,7 @@ class SessionExt:
 
         bridge = AppBridge(app, maker.class_, engines, hooks)
         app.extensions["sessionext"] = _State(
-            self, MappingProxyType(engines), maker, hooks, bridge
+            self, MappingProxyType(engines), maker, hooks, bridge, ChangeTracker(bridge)
         )
         app.teardown_appcontext(self._teardown_session)
         app.cli.add_command(cli)
@@ -163,9 +165,12 @@ class SessionExt:
 
     def _teardown_session(self, exc: BaseException | None) -> None:
         app = app_ctx_scope().app
-        bridge = self._get_state(app).bridge
+        state = self._get_state(app)
+        bridge = state.bridge
         if bridge.installed or bridge.hooks.pending:  # a safe point for removals
             bridge.collect()
+        if state.tracker.installed:
+            state.tracker.sync()
         registry = self._session.registry
         if not registry.has():
             return
@@ -238,6 +243,24 @@ class SessionExt:
         :raise TypeError: no public method is named like a signal.
         """
         return register_listener(listener, app)
+
+    def on_commit(
+        self, func: t.Callable[..., t.Any], /, *args: t.Any, **kwargs: t.Any
+    ) -> None:
+        """Call ``func(*args, **kwargs)`` after the current transaction of
+        :attr:`session` commits, beginning one, as a query would, when there
+        is none.
+
+        Callbacks run after the outermost commit, in registration order, with
+        the app context available. Those registered inside a SAVEPOINT that
+        rolls back are dropped, and all are dropped when the transaction rolls
+        back or the session is removed without a commit. A callback's
+        exception is logged, and raised after the commit with
+        ``SESSIONEXT_RAISE_RECEIVER_ERRORS``, like a receiver's of
+        ``models_committed``.
+        """
+        state = self._current_state()
+        state.tracker.on_commit(self.session(), (func, args, kwargs))
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:

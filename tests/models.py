@@ -14,6 +14,8 @@ class User(Base):
     """A row in the default database."""
 
     __tablename__ = "users"
+    # Ids are never reused, so a row's id names one instance for good.
+    __table_args__ = {"sqlite_autoincrement": True}  # noqa: RUF012
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(sa.String(50))
     active: Mapped[bool] = mapped_column(default=True)

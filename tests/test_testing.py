@@ -218,11 +218,19 @@ def test_signals_fire(app):
             "after_commit",
             lambda s: outermost.append(not s.in_nested_transaction()),
         )
-        with capture_signal(signals.after_commit, app) as sent:
-            db.session.add(Row(name="same"))
+        calls = []
+        with (
+            capture_signal(signals.after_commit, app) as sent,
+            capture_signal(signals.models_committed, app) as committed,
+        ):
+            row = Row(name="same")
+            db.session.add(row)
+            db.on_commit(calls.append, "done")
             db.session.commit()
         assert sent == [(app, {"session": session})]
         assert outermost == [True]
+        assert committed == [(app, {"changes": [(row, "insert")]})]
+        assert calls == ["done"]
 
 
 def test_nothing_left(app):

@@ -1,0 +1,229 @@
+"""``before_models_committed``, ``models_committed`` and ``db.on_commit``.
+
+Changes and callbacks are kept per transaction level of a session, its
+outermost transaction and each SAVEPOINT, in ``session.info``. A released
+SAVEPOINT hands its level to the enclosing one; a rolled-back SAVEPOINT, or a
+rolled-back transaction, drops its level. SQLAlchemy fires ``before_commit``
+and ``after_commit`` for a SAVEPOINT release as for the real commit, so the
+commit of the outermost transaction is told apart by the session having no
+nested transaction left.
+
+The listeners are installed on an app only while ``before_models_committed``
+or ``models_committed`` has a receiver for it, or while an ``on_commit``
+callback waits in one of its sessions.
+"""
+
+from __future__ import annotations
+
+import typing as t
+import weakref
+
+from flask import Flask
+from flask.globals import _cv_app
+from sqlalchemy import orm
+
+from ._bridge import AppBridge, report
+from ._errors import after_operation, receiver_failed
+from ._hooks import Handler
+from .signals import before_models_committed, models_committed
+
+Change = tuple[object, str]
+Callback = tuple[t.Callable[..., t.Any], tuple[t.Any, ...], dict[str, t.Any]]
+Levels = dict[orm.SessionTransaction, "_Level"]
+
+_LEVELS = "sessionext.levels"
+
+
+class _Level:
+    """What one transaction level collected."""
+
+    __slots__ = ("callbacks", "changes", "released")
+
+    def __init__(self) -> None:
+        #: id(instance) -> (instance, net operation), in first-flush order.
+        self.changes: dict[int, Change] = {}
+        self.callbacks: list[Callback] = []
+        self.released = False
+
+    def record(self, instance: object, operation: str) -> None:
+        """Fold ``operation`` into the net change of ``instance``."""
+        key = id(instance)
+        previous = self.changes.get(key)
+        if previous is None:
+            self.changes[key] = (instance, operation)
+        elif previous[1] == "insert":
+            if operation == "delete":
+                del self.changes[key]  # inserted, then deleted: nothing happened
+        else:
+            self.changes[key] = (instance, operation)
+
+    def absorb(self, child: _Level) -> None:
+        """Take over the level of a released SAVEPOINT."""
+        for instance, operation in child.changes.values():
+            self.record(instance, operation)
+        self.callbacks.extend(child.callbacks)
+
+
+def _levels(session: orm.Session) -> Levels:
+    levels: Levels = session.info.setdefault(_LEVELS, {})
+    return levels
+
+
+def _level_of(transaction: orm.SessionTransaction) -> orm.SessionTransaction:
+    """The SAVEPOINT or outermost transaction that ``transaction`` is part of."""
+    while not transaction.nested and transaction.parent is not None:
+        transaction = transaction.parent
+    return transaction
+
+
+def _current_level(session: orm.Session) -> _Level:
+    """The level of the session's current transaction, beginning one when
+    there is none, as a query would.
+    """
+    transaction = session.get_nested_transaction() or session.get_transaction()
+    if transaction is None:
+        transaction = session.begin()
+    levels = _levels(session)
+    level = levels.get(transaction)
+    if level is None:
+        level = levels[transaction] = _Level()
+    return level
+
+
+class ChangeTracker:
+    """The change signals and ``on_commit`` callbacks of one app."""
+
+    def __init__(self, bridge: AppBridge) -> None:
+        self._app = bridge.app
+        self._session_class = bridge.session_class
+        self._hooks = bridge.hooks
+        self._set_guard = bridge.set_guard
+        #: The installed listeners by event name.
+        self.installed: dict[str, Handler] = {}
+        #: Sessions with on_commit callbacks waiting.
+        self._waiting: weakref.WeakSet[orm.Session] = weakref.WeakSet()
+        _trackers.add(self)
+        self.sync()
+
+    def sync(self) -> None:
+        """Install or remove the listeners as receivers and callbacks say."""
+        app = self._app()
+        signals_wanted = app is not None and any(
+            next(signal.receivers_for(app), None) is not None
+            for signal in (before_models_committed, models_committed)
+        )
+        wanted: dict[str, Handler] = {}
+        if signals_wanted:
+            wanted["after_flush"] = self._after_flush
+            wanted["before_commit"] = self._before_commit
+        if signals_wanted or self._waiting:
+            wanted["after_commit"] = self._after_commit
+            wanted["after_transaction_end"] = self._after_transaction_end
+        for name in set(self.installed) - set(wanted):
+            self._hooks.remove(self._session_class, name, self.installed.pop(name))
+        for name in set(wanted) - set(self.installed):
+            self._hooks.add(self._session_class, name, wanted[name])
+            self.installed[name] = wanted[name]
+        self._set_guard("changes", bool(wanted))
+
+    def on_commit(self, session: orm.Session, callback: Callback) -> None:
+        """Run ``callback`` after the outermost commit of ``session``."""
+        _current_level(session).callbacks.append(callback)
+        if session not in self._waiting:
+            self._waiting.add(session)
+            if "after_commit" not in self.installed:
+                self.sync()
+
+    def _after_flush(self, session: orm.Session, flush_context: object) -> None:
+        # The session still shows its pre-flush state here.
+        level = _current_level(session)
+        for instance in session.new:
+            level.record(instance, "insert")
+        for instance in session.dirty:
+            if session.is_modified(instance):
+                level.record(instance, "update")
+        for instance in session.deleted:
+            level.record(instance, "delete")
+
+    def _before_commit(self, session: orm.Session) -> None:
+        app = self._app()
+        if session.get_nested_transaction() is not None or app is None:
+            return  # a SAVEPOINT release
+        if next(before_models_committed.receivers_for(app), None) is None:
+            return
+        # SQLAlchemy flushes after this event: flush first, so that the
+        # receivers see everything the commit writes.
+        session.flush()
+        root = session.get_transaction()
+        level = _levels(session).get(root) if root is not None else None
+        if level is not None and level.changes:
+            before_models_committed.send(
+                app,
+                _async_wrapper=app.ensure_sync,
+                changes=list(level.changes.values()),
+            )
+
+    def _after_commit(self, session: orm.Session) -> None:
+        levels = _levels(session)
+        nested = session.get_nested_transaction()
+        if nested is not None:
+            if nested in levels:
+                levels[nested].released = True
+            return
+        root = session.get_transaction()
+        level = levels.pop(root, None) if root is not None else None
+        app = self._app()
+        if level is None or app is None:
+            return
+        if level.changes:
+            # Here the committed objects still hold their values (the commit
+            # expires them right after), though the session can run no SQL.
+            report(models_committed, app, changes=list(level.changes.values()))
+        if level.callbacks:
+            callbacks = level.callbacks
+            after_operation(lambda: self._run_callbacks(app, callbacks))
+
+    def _after_transaction_end(
+        self, session: orm.Session, transaction: orm.SessionTransaction
+    ) -> None:
+        levels = session.info.get(_LEVELS)
+        if levels:
+            level = levels.pop(transaction, None)
+            if level is not None and level.released and transaction.parent is not None:
+                parent = _level_of(transaction.parent)
+                levels.setdefault(parent, _Level()).absorb(level)
+            if transaction.parent is None:
+                levels.clear()  # whatever a rollback left behind
+        if transaction.parent is None and session in self._waiting:
+            self._waiting.discard(session)
+            if not self._waiting:
+                self.sync()
+
+    def _run_callbacks(self, app: Flask, callbacks: list[Callback]) -> None:
+        """Run ``on_commit`` callbacks in an app context of ``app``."""
+        current = _cv_app.get(None)
+        ctx = app.app_context() if current is None or current.app is not app else None
+        if ctx is not None:
+            ctx.push()
+        try:
+            for func, args, kwargs in callbacks:
+                try:
+                    app.ensure_sync(func)(*args, **kwargs)
+                except Exception as e:
+                    receiver_failed(app, "on_commit", func, e)
+        finally:
+            if ctx is not None:
+                ctx.pop()
+
+
+_trackers: weakref.WeakSet[ChangeTracker] = weakref.WeakSet()
+
+
+def _sync(signal: object, **kwargs: t.Any) -> None:
+    for tracker in list(_trackers):
+        tracker.sync()
+
+
+for _signal in (before_models_committed, models_committed):
+    _signal.receiver_connected.connect(_sync, weak=False)
+    _signal.receiver_disconnected.connect(_sync, weak=False)
