@@ -19,7 +19,6 @@ from contextlib import ExitStack, contextmanager
 from types import MappingProxyType
 
 import blinker
-import pytest
 import sqlalchemy as sa
 import sqlalchemy.orm as orm
 from flask import Flask
@@ -271,14 +270,22 @@ def rollback(app: Flask) -> Iterator[Flask]:
         yield app
 
 
-@pytest.fixture
-def sessionext_rollback(app: Flask) -> Iterator[Flask]:
-    """Run the test in :func:`rollback` on the app of the ``app`` fixture
-    (the pytest-flask convention), so everything it commits is rolled back
-    at its end, whether it passed, failed or raised. Yields the app.
-    """
-    with rollback(app):
-        yield app
+# rollback() and capture_signal() serve unittest and scripts too, which may
+# run without pytest installed.
+try:
+    import pytest
+except ImportError:
+    pass
+else:
+
+    @pytest.fixture
+    def sessionext_rollback(app: Flask) -> Iterator[Flask]:
+        """Run the test in :func:`rollback` on the app of the ``app`` fixture
+        (the pytest-flask convention), so everything it commits is rolled
+        back at its end, whether it passed, failed or raised. Yields the app.
+        """
+        with rollback(app):
+            yield app
 
 
 @contextmanager

@@ -578,3 +578,17 @@ def test_capture_signal_of_package(app: Flask, db: SessionExt) -> None:
     with capture_signal(signals.session_created, app) as sent, app.app_context():
         session = db.session()
     assert sent == [(app, {"session": session})]
+
+
+def test_rollback_without_pytest() -> None:
+    """rollback() and capture_signal() import where pytest is not installed."""
+    code = (
+        "import sys; sys.modules['pytest'] = None\n"
+        "import flask_sessionext.testing as testing\n"
+        "assert callable(testing.rollback) and callable(testing.capture_signal)\n"
+        "assert not hasattr(testing, 'sessionext_rollback')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
