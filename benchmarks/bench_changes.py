@@ -111,6 +111,8 @@ def main(n: int = 3, rounds: int = 9) -> None:
         rounds=rounds,
     )
     assert ours[0] == theirs[0] > 0, "both must report every inserted row"
-    print(report(f"One commit of {ROWS} inserted rows, models_committed", results, "raw"))
+    print(
+        report(f"One commit of {ROWS} inserted rows, models_committed", results, "raw")
+    )
     ratio = results["sessionext"] / results["fsa"]
     print(f"sessionext / fsa: {ratio:.3f}  target <= 1.0")
