@@ -1,10 +1,157 @@
-"""``python -m benchmarks``: run every benchmark and print its table."""
+"""``python -m benchmarks``: this extension against plain SQLAlchemy and its
+peers, side by side in one process.
+
+Whole requests through seven adapters on SQLite and/or PostgreSQL (the
+throwaway server the tests use), then the micro benchmarks of the signal
+bridge, change tracking and query recording. Writes the tables as Markdown
+and JSON. ``--quick`` is a smoke run of about a minute that fails only on
+errors, never on timings.
+"""
 
 from __future__ import annotations
 
-from . import bench_changes, bench_signals
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+import typing as t
+from dataclasses import asdict
+from pathlib import Path
+
+from . import bench_apps, bench_changes, bench_signals
+
+TARGET_WORKLOADS = ("nodb", "empty", "read", "write")
+
+
+def _postgres_urls(names: t.Sequence[str]) -> tuple[t.Any, dict[str, str]]:
+    sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
+    from _postgres import find_pg_bin, start_for_session
+
+    if find_pg_bin() is None:
+        raise SystemExit("PostgreSQL server binaries not found: use --db sqlite")
+    server = start_for_session()
+    assert server is not None
+    return server, {name: server.create_database(f"bench_{name}") for name in names}
+
+
+def _table(
+    results: dict[str, dict[str, bench_apps.Result]], workloads: t.Sequence[str]
+) -> str:
+    cells = " | ".join(f"{w} µs | {w} ratio (IQR)" for w in workloads)
+    lines = [f"| adapter | {cells} |", "|---|" + "---|---|" * len(workloads)]
+    for name, by_workload in results.items():
+        row = []
+        for w in workloads:
+            r = by_workload[w]
+            iqr = f"{r.ratio_q1:.3f} to {r.ratio_q3:.3f}"
+            row.append(f"{r.us_per_request:.1f} | {r.ratio:.3f} ({iqr})")
+        lines.append(f"| {name} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
+def _targets(results: dict[str, dict[str, bench_apps.Result]]) -> list[str]:
+    worst = max(results["sessionext"][w].ratio for w in TARGET_WORKLOADS)
+    lines = [
+        f"sessionext (no receivers): worst ratio {worst:.3f}, target <= 1.02:"
+        f" {_verdict(worst <= 1.02)}"
+    ]
+    for w in ("read", "write"):
+        raw = results["raw"][w].us_per_request
+        ours = results["sessionext_full"][w].us_per_request - raw
+        theirs = results["fsa_full"][w].us_per_request - raw
+        lines.append(
+            f"{w}: sessionext_full adds {ours:.1f} µs, fsa_full {theirs:.1f} µs,"
+            f" target <= half: {_verdict(ours <= theirs / 2)}"
+        )
+    ours = results["sessionext_full"]["bulk"].us_per_request
+    theirs = results["fsa_full"]["bulk"].us_per_request
+    lines.append(
+        f"bulk: sessionext_full {ours:.0f} µs, fsa_full {theirs:.0f} µs,"
+        f" target <= fsa_full: {_verdict(ours <= theirs)}"
+    )
+    return lines
+
+
+def _machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    return f"{cpu}, Python {platform.python_version()}, {platform.system()}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmarks; the exit code says whether they ran, not how fast."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--db", choices=("sqlite", "postgres", "both"), default="both")
+    parser.add_argument("--quick", action="store_true", help="a one-minute smoke run")
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    args = parser.parse_args(argv)
+    rounds, scale = (3, 0.2) if args.quick else (args.rounds, 1.0)
+    databases = ("sqlite", "postgres") if args.db == "both" else (args.db,)
+
+    report: dict[str, t.Any] = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": _machine(),
+        "rounds": rounds,
+        "databases": {},
+    }
+    markdown = [f"# Benchmarks ({report['date']})", "", report["machine"], ""]
+    for database in databases:
+        server = None
+        with tempfile.TemporaryDirectory() as tmp:
+            if database == "sqlite":
+                urls = {
+                    name: f"sqlite:///{tmp}/{name}.sqlite3"
+                    for name in bench_apps.ADAPTERS
+                }
+            else:
+                server, urls = _postgres_urls(bench_apps.ADAPTERS)
+            try:
+                adapters = {
+                    name: bench_apps.build(name, urls[name])
+                    for name in bench_apps.ADAPTERS
+                }
+                results = bench_apps.run(adapters, bench_apps.WORKLOADS, rounds, scale)
+                for adapter in adapters.values():
+                    adapter.engine.dispose()
+            finally:
+                if server is not None:
+                    server.close()
+        table = _table(results, bench_apps.WORKLOADS)
+        targets = _targets(results)
+        print(f"\n== {database} ==\n{table}\n" + "\n".join(targets))
+        markdown += [
+            f"## {database}",
+            "",
+            table,
+            "",
+            *[f"- {line}" for line in targets],
+            "",
+        ]
+        report["databases"][database] = {
+            "results": {
+                a: {w: asdict(r) for w, r in ws.items()} for a, ws in results.items()
+            },
+            "targets": targets,
+        }
+
+    print()
+    bench_signals.main(n=200 if args.quick else 2000, rounds=3 if args.quick else 15)
+    print()
+    bench_changes.main(n=1, rounds=2 if args.quick else 9)
+
+    if not args.quick:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "results.md").write_text("\n".join(markdown))
+        (args.out / "results.json").write_text(json.dumps(report, indent=2))
+        print(f"\nwrote {args.out / 'results.md'} and {args.out / 'results.json'}")
+    return 0
+
 
 if __name__ == "__main__":
-    bench_signals.main()
-    print()
-    bench_changes.main()
+    raise SystemExit(main())
