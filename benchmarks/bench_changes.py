@@ -22,20 +22,10 @@ from sqlalchemy.pool import StaticPool
 from flask_sessionext import SessionExt, signals
 
 from ._harness import measure, report
+from .bench_apps import Base
+from .bench_apps import User as Row
 
 ROWS = 1000
-
-
-class Base(orm.DeclarativeBase):
-    """The benchmark's models."""
-
-
-class Row(Base):
-    """The row inserted 1,000 times per commit."""
-
-    __tablename__ = "rows"
-    id: orm.Mapped[int] = orm.mapped_column(primary_key=True)
-    name: orm.Mapped[str] = orm.mapped_column(sa.String(30))
 
 
 Run = t.Callable[[int], None]

@@ -33,6 +33,11 @@ _bridges: weakref.WeakSet[AppBridge] = weakref.WeakSet()
 #: takes none, a strong one behind a lambda) and whether it is a coroutine.
 _Resolved = tuple[tuple[t.Callable[[], t.Any], bool], ...]
 
+#: Receivers of this package that report their own errors, and those of the
+#: receivers they call, with :func:`report`: alone, they need no wrapped
+#: session operations (see :meth:`AppBridge.set_guard`).
+quiet_receivers: set[t.Callable[..., t.Any]] = set()
+
 
 def _resolve(signal: Signal, app: Flask) -> _Resolved:
     """The receivers of ``signal`` for ``app``, referenced weakly: Blinker
@@ -98,11 +103,10 @@ class AppBridge:
         if entry.name in self.installed:
             pairs, cell = self.installed[entry.name]
             cell[0] = resolved
-            if resolved:
-                return
-            del self.installed[entry.name]
-            for target, handler in pairs:
-                self.hooks.remove(target, entry.name, handler)
+            if not resolved:
+                del self.installed[entry.name]
+                for target, handler in pairs:
+                    self.hooks.remove(target, entry.name, handler)
         elif resolved:
             cell = [resolved]
             pairs = [
@@ -115,7 +119,11 @@ class AppBridge:
         else:
             return
         self.set_guard(
-            "signals", any(not CATALOG[name].propagates for name in self.installed)
+            "signals",
+            any(
+                not CATALOG[name].propagates and _may_raise(cell[0])
+                for name, (_, cell) in self.installed.items()
+            ),
         )
 
     def collect(self) -> None:
@@ -130,6 +138,15 @@ class AppBridge:
         if entry.target == "session":
             return [(self.session_class, None)]
         return [(engine, key) for key, engine in self._engines.items()]
+
+
+def _may_raise(resolved: _Resolved) -> bool:
+    """Whether one of the ``resolved`` receivers may raise."""
+    for ref, _ in resolved:
+        receiver = ref()
+        if receiver is not None and receiver not in quiet_receivers:
+            return True
+    return False
 
 
 def register(bridge: AppBridge) -> None:
@@ -173,27 +190,10 @@ def _handler(
     names = entry.argnames
     signal = entry.signal
     name = entry.name
+    propagates = entry.propagates
     with_bind_key = entry.target != "session"
 
-    if entry.propagates:
-
-        def send(*args: t.Any) -> None:
-            app = app_ref()
-            if app is None or signal.is_muted:
-                return
-            kwargs = dict(zip(names, args))
-            if with_bind_key:
-                kwargs["bind_key"] = bind_key
-            for ref, is_async in cell[0]:
-                receiver = ref()
-                if receiver is not None:
-                    if is_async:
-                        receiver = app.ensure_sync(receiver)
-                    receiver(app, **kwargs)
-
-        return send
-
-    def send_reporting(*args: t.Any) -> None:
+    def send(*args: t.Any) -> None:
         app = app_ref()
         if app is None or signal.is_muted:
             return
@@ -202,15 +202,18 @@ def _handler(
             kwargs["bind_key"] = bind_key
         for ref, is_async in cell[0]:
             receiver = ref()
-            if receiver is not None:
-                try:
-                    if is_async:
-                        receiver = app.ensure_sync(receiver)
-                    receiver(app, **kwargs)
-                except Exception as e:
-                    receiver_failed(app, name, receiver, e)
+            if receiver is None:
+                continue
+            if is_async:
+                receiver = app.ensure_sync(receiver)
+            try:
+                receiver(app, **kwargs)
+            except Exception as e:
+                if propagates:
+                    raise
+                receiver_failed(app, name, receiver, e)
 
-    return send_reporting
+    return send
 
 
 def report(signal: NamedSignal, app: Flask, **kwargs: t.Any) -> None:
