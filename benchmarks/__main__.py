@@ -20,7 +20,7 @@ import typing as t
 from dataclasses import asdict
 from pathlib import Path
 
-from . import bench_apps, bench_changes, bench_signals
+from . import bench_apps, bench_changes, bench_recording, bench_signals
 
 TARGET_WORKLOADS = ("nodb", "empty", "read", "write")
 
@@ -144,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     bench_signals.main(n=200 if args.quick else 2000, rounds=3 if args.quick else 15)
     print()
     bench_changes.main(n=1, rounds=2 if args.quick else 9)
+    print()
+    bench_recording.main(n=200 if args.quick else 2000, rounds=3 if args.quick else 15)
 
     if not args.quick:
         args.out.mkdir(parents=True, exist_ok=True)

@@ -1,3 +1,4 @@
 from ._extension import SessionExt
+from .recording import QueryRecord
 
-__all__ = ["SessionExt"]
+__all__ = ["QueryRecord", "SessionExt"]

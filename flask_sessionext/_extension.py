@@ -15,7 +15,7 @@ import sqlalchemy.orm as orm
 from flask import Flask, abort
 from flask.globals import _cv_app
 
-from . import _config, _sqlite
+from . import _config, _sqlite, recording
 from ._bridge import AppBridge, register, report
 from ._changes import ChangeTracker
 from ._hooks import Hooks
@@ -57,6 +57,8 @@ class _State:
     #: :attr:`SessionExt.engines` returns instead of :attr:`engines`. (It has
     #: a default, so it stays after the fields without one.)
     testing_engines: Mapping[str | None, sa.Engine] | None = None
+    #: Query recording, slow-query and ``Server-Timing`` settings.
+    recorder: recording.Recorder | None = None
 
 
 class SessionExt:
@@ -110,6 +112,7 @@ class SessionExt:
                 " takes one. Use that instance, or a new Flask app."
             )
         _config.get_bool(app, "SESSIONEXT_COMMIT_ON_TEARDOWN", False)
+        recorder = recording.from_config(app)
         synchronize = _config.get_synchronize_session(app)
         options = _config.get_options(
             app, "SESSIONEXT_SESSION_OPTIONS", self._session_options
@@ -138,11 +141,18 @@ class SessionExt:
 
         bridge = AppBridge(app, maker.class_, engines, hooks)
         app.extensions["sessionext"] = _State(
-            self, MappingProxyType(engines), maker, hooks, bridge, ChangeTracker(bridge)
+            self,
+            MappingProxyType(engines),
+            maker,
+            hooks,
+            bridge,
+            ChangeTracker(bridge),
+            recorder=recorder,
         )
         app.teardown_appcontext(self._teardown_session)
         app.cli.add_command(cli)
         register(bridge)
+        recorder.install(app, bridge)
 
     def _get_state(self, app: Flask) -> _State:
         state: _State | None = app.extensions.get("sessionext")
@@ -221,6 +231,27 @@ class SessionExt:
         if state.testing_engines is not None:
             return state.testing_engines
         return state.engines
+
+    def get_recorded_queries(self) -> list[recording.QueryRecord]:
+        """The queries the current app context ran, oldest first, on every
+        bind and through any session or connection of the app; ``[]`` when
+        ``SESSIONEXT_RECORD_QUERIES`` is off. Only the newest
+        ``SESSIONEXT_RECORD_QUERIES_LIMIT`` are kept.
+
+        :raise RuntimeError: no application context is pushed.
+        """
+        self._current_state()
+        return recording.recorded(app_ctx_scope())
+
+    @property
+    def dropped_query_count(self) -> int:
+        """How many records of the current app context
+        ``SESSIONEXT_RECORD_QUERIES_LIMIT`` dropped.
+
+        :raise RuntimeError: no application context is pushed.
+        """
+        self._current_state()
+        return recording.dropped(app_ctx_scope())
 
     def register(self, listener: object, *, app: Flask | None = None) -> Registration:
         """Connect every public method of ``listener`` whose name is a signal

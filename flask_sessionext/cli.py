@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import os
+import re
 import typing as t
+from time import perf_counter
+from urllib.parse import quote
 
 import click
+import sqlalchemy as sa
 from flask import Flask, current_app
 from flask.cli import AppGroup
+from sqlalchemy.engine import URL
 
+from ._config import mask_url
 from .signals import CATALOG, namespace
+
+#: What ``check`` runs: SQLAlchemy renders it for every dialect.
+_TRIVIAL = sa.select(sa.literal(1))
+#: ``password=...`` in a driver's connection string.
+_PASSWORD_RE = re.compile(r"(password\s*=\s*)('[^']*'|\S+)", re.IGNORECASE)
 
 cli = AppGroup("sessionext", help="Flask-SessionExt: signals and databases.")
 
@@ -50,3 +62,77 @@ def signals_command() -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(2)]
     for name, event, receivers in rows:
         click.echo(f"{name.ljust(widths[0])}  {event.ljust(widths[1])}  {receivers}")
+
+
+@cli.command("check")
+def check_command() -> None:
+    """Connect to every bind of this app and run a trivial statement; print
+    each bind's URL, dialect, server version and round trip. Exits with
+    status 1 when a bind fails.
+    """
+    app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+    engines: t.Mapping[str | None, sa.Engine] = app.extensions["sessionext"].engines
+    rows: list[tuple[str, ...]] = []
+    errors: list[str] = []
+    for key, engine in engines.items():
+        label = "(default)" if key is None else key
+        try:
+            with engine.connect() as conn:
+                conn.execute(_TRIVIAL).scalar()  # connects, and compiles
+                start = perf_counter()
+                conn.execute(_TRIVIAL).scalar()
+                elapsed = perf_counter() - start
+                info = conn.dialect.server_version_info
+        except Exception as e:
+            name = "the default bind" if key is None else f"bind {key!r}"
+            errors.append(
+                f"Cannot connect to {name} ({mask_url(engine.url)}):"
+                f" {_describe(e, engine.url)}"
+            )
+            continue
+        version = ".".join(str(part) for part in info) if info else "unknown"
+        rows.append(
+            (
+                label,
+                mask_url(engine.url),
+                f"{engine.dialect.name} {version}",
+                f"{elapsed * 1000:.2f} ms",
+            )
+        )
+    if rows:
+        widths = [max(len(row[i]) for row in rows) for i in range(3)]
+        for row in rows:
+            cells = [cell.ljust(width) for cell, width in zip(row, widths)]
+            click.echo("  ".join([*cells, row[3]]))
+    for error in errors:
+        click.echo(f"Error: {error}", err=True)
+    if errors:
+        raise click.exceptions.Exit(1)
+
+
+def _describe(error: Exception, url: URL) -> str:
+    """The driver's message for ``error`` on one line, without the password
+    of ``url``, and a hint for a missing SQLite directory.
+    """
+    orig = getattr(error, "orig", None)
+    lines = [line.strip() for line in str(orig or error).splitlines()]
+    text = " ".join(
+        line if line.endswith((".", ":", ";", "?", "!")) else f"{line}."
+        for line in lines
+        if line
+    )
+    text = _PASSWORD_RE.sub(r"\1***", text)
+    if url.password:
+        password = str(url.password)
+        for secret in {password, quote(password, safe="")}:
+            text = text.replace(secret, "***")
+    database = url.database or ""
+    if url.get_backend_name() == "sqlite" and database not in ("", ":memory:"):
+        directory = os.path.dirname(database)
+        if (
+            directory
+            and not database.startswith("file:")
+            and not os.path.isdir(directory)
+        ):
+            text += f" The directory {directory!r} does not exist."
+    return text or type(error).__name__

@@ -23,6 +23,15 @@ from models import User
 Sent = list[tuple[object, dict[str, t.Any]]]
 
 
+@pytest.fixture
+def app(app: Flask) -> Flask:
+    """The app of conftest with query recording, which testing turns on,
+    off: these tests count the listeners that their receivers install.
+    """
+    app.config["SESSIONEXT_RECORD_QUERIES"] = False
+    return app
+
+
 def listeners(db: SessionExt, entry: BridgedEvent) -> int:
     """How many listeners of ``entry``'s event the app's targets carry."""
     if entry.target == "session":

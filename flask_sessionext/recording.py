@@ -1,0 +1,366 @@
+"""Query recording, slow-query reports and the ``Server-Timing`` header.
+
+The three features share one pair of receivers of the bridged
+``before_cursor_execute`` and ``after_cursor_execute`` signals, connected for
+an app only when one of them is on, so the bridge installs one listener per
+engine for all of them (and any receivers of the application), and none when
+they are off. The start of a query is kept on its execution context; what an
+app context recorded is kept in ``flask.g``, and goes with the context.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import types
+import typing as t
+import weakref
+from collections import deque
+from dataclasses import dataclass
+from time import perf_counter
+
+import blinker
+import flask
+import sqlalchemy as sa
+import werkzeug
+from flask import Flask, Response
+from flask.ctx import AppContext
+from flask.globals import _cv_app
+from sqlalchemy.engine.interfaces import ExecutionContext
+
+from . import _config
+from ._bridge import AppBridge, quiet_receivers, report
+from .signals import after_cursor_execute, before_cursor_execute, slow_query
+
+__all__ = ["QueryRecord"]
+
+#: The attribute of ``flask.g`` that holds the app context's :class:`_Queries`.
+_QUERIES = "_sessionext_queries"
+_UNKNOWN = "<unknown>"
+_STATEMENT_LENGTH = 200
+
+
+@dataclass(frozen=True, slots=True)
+class QueryRecord:
+    """One query that an app context ran, as
+    :meth:`~flask_sessionext.SessionExt.get_recorded_queries` returns it.
+    """
+
+    #: The SQL sent to the driver, with the driver's placeholders.
+    statement: str
+    #: The parameters sent with it (a list of them for ``executemany``), or
+    #: ``None`` unless ``SESSIONEXT_RECORD_PARAMETERS`` is on.
+    parameters: t.Any
+    #: :func:`time.perf_counter` when the query was sent to the driver.
+    start_time: float
+    #: :func:`time.perf_counter` when the driver returned.
+    end_time: float
+    #: ``end_time - start_time``, in seconds.
+    duration: float
+    #: ``"path:LINE (function)"`` of the code that ran the query: the first
+    #: frame outside SQLAlchemy, Blinker, Flask, Werkzeug, ``contextlib`` and
+    #: this package; the path is relative to ``app.root_path`` when under it.
+    location: str
+    #: The bind the query ran on; ``None`` for the default bind.
+    bind_key: str | None
+
+
+class _Queries:
+    """What one app context ran: kept in ``flask.g``."""
+
+    __slots__ = ("count", "duration", "records", "reporting")
+
+    def __init__(self, records: deque[QueryRecord] | None) -> None:
+        #: Queries run, and their total duration (for ``Server-Timing``).
+        self.count = 0
+        self.duration = 0.0
+        #: The newest records; ``None`` when recording is off.
+        self.records = records
+        #: Whether a ``slow_query`` send is running (its queries are not
+        #: reported again, so a receiver that writes to the database with a
+        #: threshold of 0 does not loop).
+        self.reporting = False
+
+
+def _module_dir(module: types.ModuleType) -> str:
+    return os.path.dirname(os.path.abspath(str(module.__file__))) + os.sep
+
+
+#: Code in these directories, or files, is never a query's location.
+_SKIPPED_DIRS = tuple(
+    _module_dir(module)
+    for module in (sa, blinker, flask, werkzeug, sys.modules[__package__])
+)
+_SKIPPED_FILES = (os.path.abspath(contextlib.__file__), "<string>")
+
+
+class Recorder:
+    """The recording settings of one app, read by :func:`from_config`, and
+    where its queries' locations are.
+    """
+
+    def __init__(
+        self,
+        *,
+        record: bool,
+        limit: int | None,
+        parameters: bool,
+        threshold: float | None,
+        server_timing: bool,
+        root_path: str,
+    ) -> None:
+        self.record = record
+        self.limit = limit
+        self.parameters = parameters
+        self.threshold = threshold
+        self.server_timing = server_timing
+        self._root = os.path.abspath(root_path) + os.sep
+        #: File name -> how a location shows it; ``None`` for skipped files.
+        self._files: dict[str, str | None] = {}
+        #: The app's bridge, while slow queries are reported.
+        self._bridge: AppBridge | None = None
+
+    @property
+    def active(self) -> bool:
+        """Whether any of the features needs the cursor receivers."""
+        return self.record or self.threshold is not None or self.server_timing
+
+    def install(self, app: Flask, bridge: AppBridge) -> None:
+        """Connect the receivers and the ``after_request`` function that the
+        settings need, and nothing when all features are off.
+        """
+        if self.active:
+            # Module-level functions: Blinker holds them strongly, and they
+            # hold no app, so the app can be collected.
+            before_cursor_execute.connect(_before, sender=app, weak=False)
+            after_cursor_execute.connect(_after, sender=app, weak=False)
+        if self.server_timing:
+            app.after_request(_add_server_timing)
+        if self.threshold is not None:
+            self._bridge = bridge
+            _slow_recorders.add(self)
+            self.sync_guard()
+
+    def sync_guard(self) -> None:
+        """Have the app's sessions wrap their operations while ``slow_query``
+        has a receiver for the app, so that its errors are raised after the
+        operation with ``SESSIONEXT_RAISE_RECEIVER_ERRORS``.
+        """
+        if self._bridge is None:
+            return
+        app = self._bridge.app()
+        wanted = (
+            app is not None and next(slow_query.receivers_for(app), None) is not None
+        )
+        self._bridge.set_guard("slow_query", wanted)
+
+    def location(self) -> str:
+        """``"path:LINE (function)"`` of the first caller frame outside the
+        skipped packages.
+        """
+        files = self._files
+        frame: t.Any = sys._getframe(1)
+        while frame is not None:
+            code = frame.f_code
+            filename = code.co_filename
+            try:
+                shown = files[filename]
+            except KeyError:
+                shown = files[filename] = self._show(filename)
+            if shown is not None:
+                return f"{shown}:{frame.f_lineno} ({code.co_name})"
+            frame = frame.f_back
+        return _UNKNOWN
+
+    def _show(self, filename: str) -> str | None:
+        if filename in _SKIPPED_FILES or filename.startswith("<sqlalchemy generated"):
+            return None
+        if filename.startswith("<"):  # <stdin>, <console>, ...
+            return filename
+        path = os.path.abspath(filename)
+        if path in _SKIPPED_FILES or path.startswith(_SKIPPED_DIRS):
+            return None
+        if path.startswith(self._root):
+            return path[len(self._root) :]
+        return path
+
+    def new_queries(self, ctx: AppContext) -> _Queries:
+        """Start the queries of ``ctx``, at its first query."""
+        queries = _Queries(deque(maxlen=self.limit) if self.record else None)
+        setattr(ctx.g, _QUERIES, queries)
+        return queries
+
+    def slow(self, app: Flask, queries: _Queries, record: QueryRecord) -> None:
+        """Log ``record`` and send ``slow_query``."""
+        statement = " ".join(record.statement.split())
+        if len(statement) > _STATEMENT_LENGTH:
+            statement = statement[: _STATEMENT_LENGTH - 3] + "..."
+        app.logger.warning(
+            "Slow query: %.1f ms at %s: %s",
+            record.duration * 1000,
+            record.location,
+            statement,
+        )
+        queries.reporting = True
+        try:
+            report(slow_query, app, query=record)
+        finally:
+            queries.reporting = False
+
+
+def _before(
+    sender: Flask,
+    conn: sa.Connection,
+    cursor: t.Any,
+    statement: str,
+    parameters: t.Any,
+    context: ExecutionContext | None,
+    executemany: bool,
+    bind_key: str | None,
+) -> None:
+    # The execution context is the query's own: the cheapest place for its
+    # start. (None for some dialects' special queries.)
+    if context is not None:
+        context._sessionext_query_start = perf_counter()  # type: ignore[attr-defined]
+
+
+def _after(
+    sender: Flask,
+    conn: sa.Connection,
+    cursor: t.Any,
+    statement: str,
+    parameters: t.Any,
+    context: ExecutionContext | None,
+    executemany: bool,
+    bind_key: str | None,
+) -> None:
+    end = perf_counter()
+    start: float | None = getattr(context, "_sessionext_query_start", None)
+    ctx = _cv_app.get(None)
+    if start is None or ctx is None or ctx.app is not sender:
+        return  # outside the app's contexts, or begun before recording
+    recorder: Recorder = sender.extensions["sessionext"].recorder
+    queries: _Queries | None = getattr(ctx.g, _QUERIES, None)
+    if queries is None:
+        queries = recorder.new_queries(ctx)
+    duration = end - start
+    queries.count += 1
+    queries.duration += duration
+    record = None
+    if queries.records is not None:
+        record = QueryRecord(
+            statement,
+            parameters if recorder.parameters else None,
+            start,
+            end,
+            duration,
+            recorder.location(),
+            bind_key,
+        )
+        queries.records.append(record)
+    threshold = recorder.threshold
+    if threshold is not None and duration > threshold and not queries.reporting:
+        if record is None:
+            record = QueryRecord(
+                statement,
+                parameters if recorder.parameters else None,
+                start,
+                end,
+                duration,
+                recorder.location(),
+                bind_key,
+            )
+        recorder.slow(sender, queries, record)
+
+
+quiet_receivers.update((_before, _after))
+
+#: Recorders that report slow queries.
+_slow_recorders: weakref.WeakSet[Recorder] = weakref.WeakSet()
+
+
+def _sync_guards(signal: object, **kwargs: t.Any) -> None:
+    for recorder in list(_slow_recorders):
+        recorder.sync_guard()
+
+
+slow_query.receiver_connected.connect(_sync_guards, weak=False)
+slow_query.receiver_disconnected.connect(_sync_guards, weak=False)
+
+
+def _add_server_timing(response: Response) -> Response:
+    """``after_request`` function: the app context's query count and time."""
+    ctx = _cv_app.get(None)
+    queries: _Queries | None = getattr(ctx.g, _QUERIES, None) if ctx else None
+    count, duration = (queries.count, queries.duration) if queries else (0, 0.0)
+    noun = "query" if count == 1 else "queries"
+    value = f'db;dur={duration * 1000:.1f};desc="{count} {noun}"'
+    existing = response.headers.getlist("Server-Timing")
+    if existing:
+        value = ", ".join([*existing, value])
+    response.headers["Server-Timing"] = value
+    return response
+
+
+def recorded(ctx: AppContext) -> list[QueryRecord]:
+    """The records of ``ctx``, oldest first."""
+    queries: _Queries | None = getattr(ctx.g, _QUERIES, None)
+    if queries is None or queries.records is None:
+        return []
+    return list(queries.records)
+
+
+def dropped(ctx: AppContext) -> int:
+    """How many records of ``ctx`` the limit dropped."""
+    queries: _Queries | None = getattr(ctx.g, _QUERIES, None)
+    if queries is None or queries.records is None:
+        return 0
+    return queries.count - len(queries.records)
+
+
+def from_config(app: Flask) -> Recorder:
+    """Read and check the recording keys of ``app``'s config.
+
+    :raise TypeError: a key has a value of the wrong type.
+    :raise ValueError: a number is out of range.
+    """
+    return Recorder(
+        record=_config.get_bool(
+            app, "SESSIONEXT_RECORD_QUERIES", app.debug or app.testing
+        ),
+        limit=_get_limit(app),
+        parameters=_config.get_bool(app, "SESSIONEXT_RECORD_PARAMETERS", app.debug),
+        threshold=_get_threshold(app),
+        server_timing=_config.get_bool(app, "SESSIONEXT_SERVER_TIMING", False),
+        root_path=app.root_path,
+    )
+
+
+def _get_limit(app: Flask) -> int | None:
+    key = "SESSIONEXT_RECORD_QUERIES_LIMIT"
+    value = app.config.get(key, 1000)
+    accepted = "an int of at least 1, or None for no limit"
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"'{key}' must be {accepted}, not {value!r}.")
+    if value < 1:
+        raise ValueError(
+            f"'{key}' must be {accepted}, not {value!r}. To record nothing, set"
+            " 'SESSIONEXT_RECORD_QUERIES' to False."
+        )
+    return value
+
+
+def _get_threshold(app: Flask) -> float | None:
+    key = "SESSIONEXT_SLOW_QUERY_THRESHOLD"
+    value = app.config.get(key)
+    accepted = "a number of seconds of at least 0, or None for no reports"
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"'{key}' must be {accepted}, not {value!r}.")
+    if not value >= 0:  # NaN too
+        raise ValueError(f"'{key}' must be {accepted}, not {value!r}.")
+    return float(value)
