@@ -1,66 +1,72 @@
-"""A small notes board that shows Flask-SessionExt at work.
+"""A small task board that shows Flask-SessionExt at work.
 
-Run it with ``flask --app example_app run``; it keeps its data in
-``instance/app.sqlite3`` unless ``SESSIONEXT_DATABASE_URI`` says otherwise.
+``flask --app example_app run`` starts it on the embedded SQLite database in
+the instance folder, seeded with demo data on first start. Set
+``FLASK_SESSIONEXT_DATABASE_URI`` to run it on another database.
 """
 
 from __future__ import annotations
 
+import logging
 import typing as t
 
 import sqlalchemy as sa
-from flask import Flask, redirect, render_template, request, url_for
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-from werkzeug.wrappers import Response
+from flask import Flask
 
 from flask_sessionext import SessionExt
 
+from . import audit, pool_stats, timing, views
+from .cli import cli
+from .flush_log import FlushLogger
+from .models import Base, Task, User
+
 db = SessionExt()
 
-
-class Base(DeclarativeBase):
-    """The example's models."""
-
-
-class Note(Base):
-    """A note on the board."""
-
-    __tablename__ = "notes"
-    id: Mapped[int] = mapped_column(primary_key=True)
-    text: Mapped[str] = mapped_column(sa.String(200))
-    done: Mapped[bool] = mapped_column(default=False)
+DEFAULTS: dict[str, t.Any] = {
+    "SECRET_KEY": "example-only-not-secret",
+    "SESSIONEXT_SERVER_TIMING": True,
+    "SESSIONEXT_RECORD_QUERIES": True,
+    "SESSIONEXT_SLOW_QUERY_THRESHOLD": 0.05,
+    "SESSIONEXT_SYNCHRONIZE_SESSION": "fetch",
+}
 
 
 def create_app(config: t.Mapping[str, t.Any] | None = None) -> Flask:
     """The application factory."""
     app = Flask(__name__)
+    app.config.update(DEFAULTS)
     app.config.from_prefixed_env()  # e.g. FLASK_SESSIONEXT_DATABASE_URI=...
     app.config.update(config or {})
+    app.logger.setLevel(logging.INFO)
+
     db.init_app(app)
+    db.register(FlushLogger(), app=app)
+    audit.init_app(app)
+    pool_stats.init_app(app)
+    timing.init_app(app)
+    app.register_blueprint(views.bp)
+    app.cli.add_command(cli)
+
     with app.app_context():
         Base.metadata.create_all(db.engine)
-        if db.session.scalar(sa.select(sa.func.count(Note.id))) == 0:
-            db.session.add_all(
-                [Note(text="Try Flask-SessionExt"), Note(text="Read the README")]
-            )
-            db.session.commit()
-
-    @app.get("/")
-    def index() -> str:
-        notes = db.session.scalars(sa.select(Note).order_by(Note.id)).all()
-        return render_template("index.html", notes=notes)
-
-    @app.post("/notes")
-    def create() -> Response:
-        with db.transaction():
-            db.session.add(Note(text=request.form["text"][:200]))
-        return redirect(url_for("index"))
-
-    @app.post("/notes/<int:ident>/toggle")
-    def toggle(ident: int) -> Response:
-        with db.transaction():
-            note = db.get_or_404(Note, ident)
-            note.done = not note.done
-        return redirect(url_for("index"))
-
+        seed()
     return app
+
+
+def seed() -> None:
+    """Demo data, on first start only."""
+    if db.session.scalar(sa.select(sa.func.count(User.id))):
+        return
+    ada, grace = User(name="Ada"), User(name="Grace")
+    db.session.add_all(
+        [
+            Task(title="Read the README", owner=ada, done=True),
+            Task(title="Run the tests", owner=grace),
+            Task(title="Subscribe to models_committed", owner=ada),
+            Task(
+                title="Look at the Server-Timing header",
+                notes="Browser devtools, Network tab",
+            ),
+        ]
+    )
+    db.session.commit()

@@ -140,7 +140,8 @@ class ChangeTracker:
         for instance in session.new:
             level.record(instance, "insert")
         for instance in session.dirty:
-            if session.is_modified(instance):
+            # Only column changes: a changed collection writes no row.
+            if session.is_modified(instance, include_collections=False):
                 level.record(instance, "update")
         for instance in session.deleted:
             level.record(instance, "delete")
