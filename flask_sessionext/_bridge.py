@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from blinker import NamedSignal, Signal
 from flask import Flask
 
-from ._errors import guard, receiver_failed, unguard
+from ._errors import OPERATIONS, guard, receiver_failed
 from ._hooks import Handler, Hooks
 from .signals import CATALOG, BridgedEvent
 
@@ -45,11 +45,11 @@ def _resolve(signal: Signal, app: Flask) -> _Resolved:
     """
     resolved = []
     for receiver in signal.receivers_for(app):
-        resolved.append((_ref(receiver), iscoroutinefunction(receiver)))
+        resolved.append((receiver_ref(receiver), iscoroutinefunction(receiver)))
     return tuple(resolved)
 
 
-def _ref(receiver: t.Callable[..., t.Any]) -> t.Callable[[], t.Any]:
+def receiver_ref(receiver: t.Callable[..., t.Any]) -> t.Callable[[], t.Any]:
     try:
         if ismethod(receiver):
             return weakref.WeakMethod(receiver)
@@ -79,20 +79,21 @@ class AppBridge:
             str, tuple[list[tuple[t.Any, Handler]], list[_Resolved]]
         ] = {}
         #: Features that report receiver errors from session operations.
-        self._guards: set[str] = set()
+        #: The operations each of them needs wrapped.
+        self._guards: dict[str, frozenset[str]] = {}
 
-    def set_guard(self, owner: str, on: bool) -> None:
+    def set_guard(self, owner: str, on: bool | t.Collection[str]) -> None:
         """Say whether feature ``owner`` sends reporting signals from inside
         session operations (see :func:`flask_sessionext._errors.guard`).
         """
+        before = set().union(*self._guards.values())
         if on:
-            self._guards.add(owner)
+            self._guards[owner] = frozenset(OPERATIONS if on is True else on)
         else:
-            self._guards.discard(owner)
-        if self._guards:
-            guard(self.session_class)
-        else:
-            unguard(self.session_class)
+            self._guards.pop(owner, None)
+        after = set().union(*self._guards.values())
+        if after != before:
+            guard(self.session_class, after)
 
     def sync(self, entry: BridgedEvent) -> None:
         """Install, refresh or remove the listener of ``entry`` as its
@@ -127,12 +128,19 @@ class AppBridge:
         )
 
     def collect(self) -> None:
-        """Remove listeners whose receivers were all garbage-collected."""
-        with _lock:
-            for name, (_, cell) in list(self.installed.items()):
-                if any(ref() is None for ref, _ in cell[0]):
+        """Drop receivers that were garbage-collected, and the listeners left
+        without any; runs at each app-context teardown, so it checks first.
+        """
+        dead = [
+            name
+            for name, (_, cell) in self.installed.items()
+            if any(ref() is None for ref, _ in cell[0])
+        ]
+        if dead or self.hooks.pending:
+            with _lock:
+                for name in dead:
                     self.sync(CATALOG[name])
-            self.hooks.flush_pending()
+                self.hooks.flush_pending()
 
     def _targets(self, entry: BridgedEvent) -> list[tuple[t.Any, str | None]]:
         if entry.target == "session":

@@ -22,7 +22,7 @@ from flask import Flask
 from flask.globals import _cv_app
 from sqlalchemy import orm
 
-from ._bridge import AppBridge, report
+from ._bridge import AppBridge, receiver_ref, report
 from ._errors import after_operation, receiver_failed
 from ._hooks import Handler
 from .signals import before_models_committed, models_committed
@@ -102,16 +102,20 @@ class ChangeTracker:
         self.installed: dict[str, Handler] = {}
         #: Sessions with on_commit callbacks waiting.
         self._waiting: weakref.WeakSet[orm.Session] = weakref.WeakSet()
+        #: Weak references to the receivers seen by the last sync.
+        self._receivers: tuple[t.Callable[[], t.Any], ...] = ()
         _trackers.add(self)
         self.sync()
 
     def sync(self) -> None:
         """Install or remove the listeners as receivers and callbacks say."""
         app = self._app()
-        signals_wanted = app is not None and any(
-            next(signal.receivers_for(app), None) is not None
+        self._receivers = tuple(
+            receiver_ref(receiver)
             for signal in (before_models_committed, models_committed)
+            for receiver in (signal.receivers_for(app) if app is not None else ())
         )
+        signals_wanted = bool(self._receivers)
         wanted: dict[str, Handler] = {}
         if signals_wanted:
             wanted["after_flush"] = self._after_flush
@@ -124,7 +128,15 @@ class ChangeTracker:
         for name in set(wanted) - set(self.installed):
             self._hooks.add(self._session_class, name, wanted[name])
             self.installed[name] = wanted[name]
-        self._set_guard("changes", bool(wanted))
+        # Change signals and callbacks happen in a commit, and only there.
+        self._set_guard("changes", ("commit",) if wanted else ())
+
+    def collect(self) -> None:
+        """Sync when a receiver was garbage-collected since the last sync;
+        runs at each app-context teardown, so it checks first.
+        """
+        if any(ref() is None for ref in self._receivers):
+            self.sync()
 
     def on_commit(self, session: orm.Session, callback: Callback) -> None:
         """Run ``callback`` after the outermost commit of ``session``."""

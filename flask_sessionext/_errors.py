@@ -93,15 +93,17 @@ def after_operation(task: t.Callable[[], None]) -> None:
         operation.after.append(task)
 
 
-def guard(session_class: type) -> None:
-    """Wrap the operations of ``session_class`` with :func:`operation`.
+def guard(session_class: type, names: t.Collection[str]) -> None:
+    """Wrap exactly the operations ``names`` of ``session_class`` with
+    :func:`operation`.
 
-    Only while some receiver error may need raising: an app with none of the
-    reporting signals in use pays nothing per query.
+    Only while some receiver error may need raising, and only the operations
+    in which it may: an app with none of the reporting signals in use pays
+    nothing per query.
     """
-    for name in OPERATIONS:
-        if name not in vars(session_class):
-            setattr(session_class, name, operation(getattr(session_class, name)))
+    unguard(session_class)
+    for name in names:
+        setattr(session_class, name, operation(getattr(session_class, name)))
 
 
 def unguard(session_class: type) -> None:

@@ -180,7 +180,7 @@ class SessionExt:
         if bridge.installed or bridge.hooks.pending:  # a safe point for removals
             bridge.collect()
         if state.tracker.installed:
-            state.tracker.sync()
+            state.tracker.collect()
         registry = self._session.registry
         if not registry.has():
             return
