@@ -30,6 +30,7 @@ ADAPTERS = (
     "raw",
     "raw_again",
     "sessionext",
+    "sessionext_noping",
     "sessionext_full",
     "fsa",
     "fsa_full",
@@ -115,9 +116,11 @@ def _raw(url: str) -> Adapter:
     return Adapter(app, engine, User.__table__)
 
 
-def _sessionext(url: str, full: bool) -> Adapter:
+def _sessionext(url: str, full: bool, ping: bool = True) -> Adapter:
     app = Flask("sessionext_full" if full else "sessionext")
     app.config["SESSIONEXT_DATABASE_URI"] = url
+    if not ping:  # the default pings server databases at every checkout
+        app.config["SESSIONEXT_ENGINE_OPTIONS"] = {"pool_pre_ping": False}
     if full:
         app.config["SESSIONEXT_RECORD_QUERIES"] = True
     db = SessionExt(app)
@@ -166,6 +169,7 @@ def build(name: str, url: str) -> Adapter:
         "raw": lambda: _raw(url),
         "raw_again": lambda: _raw(url),
         "sessionext": lambda: _sessionext(url, False),
+        "sessionext_noping": lambda: _sessionext(url, False, ping=False),
         "sessionext_full": lambda: _sessionext(url, True),
         "fsa": lambda: _fsa(url, False),
         "fsa_full": lambda: _fsa(url, True),
