@@ -65,6 +65,18 @@ class SessionExt:
     """A SQLAlchemy session scoped to the Flask application context, and
     SQLAlchemy's events as Blinker signals sent by the app.
 
+    Create it once, and call :meth:`init_app` in the application factory;
+    one instance may serve several apps, each with its own engines and
+    sessionmaker, kept in ``app.extensions["sessionext"]``::
+
+        db = SessionExt()
+
+        def create_app():
+            app = Flask(__name__)
+            app.config["SESSIONEXT_DATABASE_URI"] = "sqlite:///app.sqlite3"
+            db.init_app(app)
+            return app
+
     :param app: call :meth:`init_app` on this app right away.
     :param engine_options: defaults for ``create_engine`` of every bind;
         ``SESSIONEXT_ENGINE_OPTIONS`` overrides them key by key.
@@ -104,7 +116,13 @@ class SessionExt:
         """Create the app's engines and sessionmaker, and remove the session
         when each of its application contexts ends. Opens no connection.
 
+        The ``SESSIONEXT_*`` keys of ``app.config`` are read and checked
+        here, so a bad URL or option fails when the app starts.
+
+        :param app: the Flask app to serve.
         :raise RuntimeError: the app already has a :class:`SessionExt`.
+        :raise ValueError: a configuration value is not accepted.
+        :raise TypeError: a configuration value has the wrong type.
         """
         if "sessionext" in app.extensions:
             raise RuntimeError(
@@ -210,17 +228,26 @@ class SessionExt:
 
     @property
     def engines(self) -> Mapping[str | None, sa.Engine]:
-        """The current app's engines by bind key; ``None`` is the default."""
+        """The current app's engines by bind key, a read-only mapping;
+        ``None`` is the default bind.
+
+        :raise RuntimeError: no application context is pushed.
+        """
         return self._engines()
 
     @property
     def engine(self) -> sa.Engine:
-        """The current app's default engine."""
+        """The current app's default engine.
+
+        :raise RuntimeError: no application context is pushed.
+        """
         return self._engines()[None]
 
     def get_engine(self, bind_key: str | None = None) -> sa.Engine:
         """The current app's engine for ``bind_key``.
 
+        :param bind_key: a key of ``SESSIONEXT_BINDS``; ``None`` for the
+            default bind.
         :raise KeyError: the app has no such bind; the message lists the known
             keys.
         """
@@ -267,6 +294,8 @@ class SessionExt:
         The methods receive the signal's arguments (the app first). References
         are strong, so the listener lives as long as the registration.
 
+        :param listener: any object; its public methods named like a signal
+            become receivers of that signal.
         :param app: receive this app's sends only; ``None`` for every app.
         :return: a handle whose ``disconnect()`` undoes exactly this call.
         :raise ValueError: a public method is named like a misspelt signal
@@ -289,6 +318,12 @@ class SessionExt:
         exception is logged, and raised after the commit with
         ``SESSIONEXT_RAISE_RECEIVER_ERRORS``, like a receiver's of
         ``models_committed``.
+
+        :param func: the function to call; an ``async`` function runs through
+            ``app.ensure_sync``.
+        :param args: positional arguments of ``func``.
+        :param kwargs: keyword arguments of ``func``.
+        :raise RuntimeError: no application context is pushed.
         """
         state = self._current_state()
         state.tracker.on_commit(self.session(), (func, args, kwargs))
@@ -301,7 +336,14 @@ class SessionExt:
         earlier queries began: it commits on success and rolls back on any
         exception, ``KeyboardInterrupt`` included. A block nested in another
         opens a SAVEPOINT; an exception rolls back only that savepoint, then
-        propagates.
+        propagates::
+
+            with db.transaction():
+                db.session.add(order)
+                with db.transaction():  # SAVEPOINT
+                    db.session.add(payment)
+
+        :raise RuntimeError: no application context is pushed.
         """
         session = self.session()
         depth: int = session.info.get(_DEPTH, 0)
@@ -324,7 +366,13 @@ class SessionExt:
     def session_scope(self) -> Iterator[Session]:
         """A new Session of the current app, independent of :attr:`session`:
         committed when the block succeeds, rolled back when it raises, and
-        closed in any case.
+        closed in any case. For background jobs, CLI commands and work that
+        must not share the fate of the request's session::
+
+            with db.session_scope() as session:
+                session.add(entry)
+
+        :raise RuntimeError: no application context is pushed.
         """
         session = self._current_state().sessionmaker()
         try:
@@ -341,6 +389,11 @@ class SessionExt:
     ) -> _O:
         """``session.get(entity, ident)``, or abort with 404 when there is no
         such row.
+
+        :param entity: the mapped class.
+        :param ident: its primary key, as :meth:`~sqlalchemy.orm.Session.get`
+            takes it.
+        :param description: the description of the 404 error.
         """
         value = self.session.get(entity, ident)
         if value is None:
@@ -352,6 +405,10 @@ class SessionExt:
     ) -> t.Any:
         """The first result of ``statement``, or abort with 404 when it
         returns no row.
+
+        :param statement: a ``select()``; the first column of its first row
+            is returned.
+        :param description: the description of the 404 error.
         """
         value = self.session.execute(statement).scalar()
         if value is None:
@@ -363,6 +420,10 @@ class SessionExt:
     ) -> t.Any:
         """The only result of ``statement``, or abort with 404 when it returns
         no row or several rows.
+
+        :param statement: a ``select()``; the first column of its only row is
+            returned.
+        :param description: the description of the 404 error.
         """
         try:
             return self.session.execute(statement).scalar_one()

@@ -194,7 +194,7 @@ session_removed = namespace.signal(
     "session_removed",
     "Sent after the app context's Session was closed and removed at teardown."
     " Sender: the Flask app. Keyword arguments: session, exception (the"
-    " exception that ended the context, or None).",
+    " exception that ended the context, or ``None``).",
 )
 before_models_committed = namespace.signal(
     "before_models_committed",
@@ -207,10 +207,13 @@ models_committed = namespace.signal(
     "models_committed",
     "Sent after the outermost transaction of a session of the app committed."
     " Sender: the Flask app. Keyword arguments: changes, a list of"
-    ' (instance, "insert" | "update" | "delete").',
+    ' (instance, "insert" | "update" | "delete"). A receiver\'s exception is'
+    " logged on ``app.logger`` and the other receivers still run.",
 )
 slow_query = namespace.signal(
     "slow_query",
-    "Sent when a query took longer than SESSIONEXT_SLOW_QUERY_THRESHOLD."
-    " Sender: the Flask app. Keyword arguments: query, a QueryRecord.",
+    "Sent when a query took longer than ``SESSIONEXT_SLOW_QUERY_THRESHOLD``."
+    " Sender: the Flask app. Keyword arguments: query, a"
+    " :class:`~flask_sessionext.QueryRecord`. A receiver's exception is logged"
+    " on ``app.logger`` and the other receivers still run.",
 )

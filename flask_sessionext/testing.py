@@ -221,6 +221,7 @@ def rollback(app: Flask) -> Iterator[Flask]:
     another ends before it (as a ``session_scope()`` inside a request does).
     Changing the isolation level (``AUTOCOMMIT`` included) is not supported.
 
+    :param app: a Flask app that has a :class:`SessionExt`.
     :raise RuntimeError: ``app`` has no :class:`SessionExt`, or a block is
         already running on it.
     """
@@ -283,6 +284,14 @@ else:
         """Run the test in :func:`rollback` on the app of the ``app`` fixture
         (the pytest-flask convention), so everything it commits is rolled
         back at its end, whether it passed, failed or raised. Yields the app.
+
+        Use it in a test, or in an autouse fixture of ``conftest.py``::
+
+            @pytest.fixture(autouse=True)
+            def _rollback(sessionext_rollback):
+                pass  # every test runs in transactions that are rolled back
+
+        :param app: the ``app`` fixture of the test session.
         """
         with rollback(app):
             yield app
@@ -295,6 +304,12 @@ def capture_signal(
     """Record what ``signal`` sends during the block: yields a list that gets
     ``(sender, kwargs)`` for each send, in order. The receiver is connected
     for the block only, and strongly referenced.
+
+    ::
+
+        with capture_signal(signals.models_committed, app) as sent:
+            client.post("/users/ada")
+        [(sender, kwargs)] = sent
 
     :param signal: any Blinker signal, of this package, of Flask or your own.
     :param app: record only what this app sends; by default every sender.

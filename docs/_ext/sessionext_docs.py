@@ -1,0 +1,159 @@
+"""Directives that put generated content in the documentation at build time.
+
+``.. sessionext-catalog::``
+    The signal catalog table, made by ``flask_sessionext.cli.catalog_rst()``
+    from ``flask_sessionext.signals.CATALOG`` (the README holds the same).
+``.. sessionext-signals::``
+    A ``.. data::`` entry for each signal of ``flask_sessionext.signals``,
+    with the docstring the catalog generates.
+``.. sessionext-benchmarks::``
+    The tables of ``benchmarks/results/results.md``, which
+    ``python -m benchmarks`` writes; a note saying how to make them when the
+    file is missing.
+"""
+
+from __future__ import annotations
+
+import re
+import typing as t
+from pathlib import Path
+
+from docutils import nodes
+from docutils.statemachine import StringList
+from sphinx.application import Sphinx
+from sphinx.util.docutils import SphinxDirective
+
+from flask_sessionext.cli import catalog_rst
+from flask_sessionext.signals import namespace
+
+RESULTS = Path(__file__).parents[2] / "benchmarks" / "results" / "results.md"
+_SPECIAL = re.compile(r"([\\*`_|])")
+
+
+class _GeneratedDirective(SphinxDirective):
+    """A directive whose body is reStructuredText made by :meth:`lines`."""
+
+    def lines(self) -> list[str]:
+        raise NotImplementedError
+
+    def run(self) -> list[nodes.Node]:
+        container = nodes.container()
+        source = self.get_source_info()[0] or "<generated>"
+        self.state.nested_parse(
+            StringList(self.lines(), source), self.content_offset, container
+        )
+        return list(container.children)
+
+
+class CatalogDirective(_GeneratedDirective):
+    """The catalog table of the bridged signals."""
+
+    def lines(self) -> list[str]:
+        return [".. rst-class:: wrap-code catalog", "", *catalog_rst().splitlines()]
+
+
+class SignalsDirective(_GeneratedDirective):
+    """A ``.. data::`` entry per signal, in the namespace's order."""
+
+    def lines(self) -> list[str]:
+        lines: list[str] = []
+        for name, signal in namespace.items():
+            lines += [f".. data:: {name}", ""]
+            lines += [f"   {line}" for line in (signal.__doc__ or "").splitlines()]
+            lines.append("")
+        return lines
+
+
+class BenchmarksDirective(_GeneratedDirective):
+    """The benchmark results, converted from their Markdown."""
+
+    def lines(self) -> list[str]:
+        self.env.note_dependency(str(RESULTS))
+        if not RESULTS.is_file():
+            return [
+                ".. note::",
+                "",
+                "   This build has no benchmark results: ``python -m benchmarks``",
+                "   writes ``benchmarks/results/results.md``, which this page",
+                "   shows once the documentation is built again.",
+            ]
+        return markdown_to_rst(RESULTS.read_text(encoding="utf-8"))
+
+
+def _text(text: str) -> str:
+    return _SPECIAL.sub(r"\\\1", text.strip())
+
+
+def markdown_to_rst(markdown: str) -> list[str]:
+    """The headings, paragraphs, bullet lists and pipe tables that
+    ``python -m benchmarks`` writes, as reStructuredText.
+    """
+    lines = markdown.splitlines()
+    out: list[str] = []
+    index = 0
+    while index < len(lines):
+        line = lines[index].strip()
+        index += 1
+        if not line:
+            continue
+        if line.startswith("#"):
+            out += [f".. rubric:: {_text(line.lstrip('#'))}", ""]
+        elif line.startswith("|"):
+            rows = [line]
+            while index < len(lines) and lines[index].strip().startswith("|"):
+                rows.append(lines[index].strip())
+                index += 1
+            out += _table(rows)
+        elif line.startswith("- "):
+            out.append(f"* {_text(line[2:])}")
+            while index < len(lines) and lines[index].strip().startswith("- "):
+                out.append(f"* {_text(lines[index].strip()[2:])}")
+                index += 1
+            out.append("")
+        else:
+            out += [_text(line), ""]
+    return out
+
+
+def _table(rows: list[str]) -> list[str]:
+    cells = [[cell.strip() for cell in row.strip("|").split("|")] for row in rows]
+    cells = [row for row in cells if not all(set(c) <= set("-: ") for c in row)]
+    header = cells[0]
+    units, ratios = header[1::2], header[2::2]
+    if (
+        len(units) == len(ratios)
+        and all(unit.endswith(" µs") for unit in units)
+        and all(ratio.endswith(" ratio (IQR)") for ratio in ratios)
+    ):
+        # The adapters' table is too wide for a page: one table of times and
+        # one of ratios, with the workloads as columns.
+        workloads = [unit.removesuffix(" µs") for unit in units]
+        times = [[row[0], *row[1::2]] for row in cells[1:]]
+        ratio_rows = [
+            [row[0], *(cell.replace(" to ", "\u2013") for cell in row[2::2])]
+            for row in cells[1:]
+        ]
+        return [
+            *_list_table("Microseconds per request", [header[0], *workloads], times),
+            *_list_table(
+                "Ratio to raw: median (interquartile range) over the rounds",
+                [header[0], *workloads],
+                ratio_rows,
+            ),
+        ]
+    return _list_table("", header, cells[1:])
+
+
+def _list_table(title: str, header: list[str], rows: list[list[str]]) -> list[str]:
+    out = [f".. list-table:: {_text(title)}".rstrip(), "   :header-rows: 1", ""]
+    for row in [header, *rows]:
+        for position, cell in enumerate(row):
+            out.append(f"   {'* -' if position == 0 else '  -'} {_text(cell)}")
+    return [*out, ""]
+
+
+def setup(app: Sphinx) -> dict[str, t.Any]:
+    app.add_directive("sessionext-catalog", CatalogDirective)
+    app.add_directive("sessionext-signals", SignalsDirective)
+    app.add_directive("sessionext-benchmarks", BenchmarksDirective)
+    return {"parallel_read_safe": True, "parallel_write_safe": True}

@@ -1,0 +1,71 @@
+"""The documentation covers what it promises: every configuration key, every
+public name, and Flask-SQLAlchemy 3.1's keys and signals.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from pathlib import Path
+
+import flask_sessionext
+from flask_sessionext import SessionExt, testing
+
+ROOT = Path(__file__).parents[1]
+DOCS = ROOT / "docs"
+PACKAGE = Path(flask_sessionext.__file__).parent
+
+#: Every configuration key and signal of Flask-SQLAlchemy 3.1, and the keys
+#: that 3.0 removed, which apps being migrated may still set.
+FSA_KEYS = (
+    "SQLALCHEMY_DATABASE_URI",
+    "SQLALCHEMY_ENGINE_OPTIONS",
+    "SQLALCHEMY_BINDS",
+    "SQLALCHEMY_ECHO",
+    "SQLALCHEMY_RECORD_QUERIES",
+    "SQLALCHEMY_TRACK_MODIFICATIONS",
+    "SQLALCHEMY_COMMIT_ON_TEARDOWN",
+    "SQLALCHEMY_POOL_SIZE",
+    "SQLALCHEMY_POOL_TIMEOUT",
+    "SQLALCHEMY_POOL_RECYCLE",
+    "SQLALCHEMY_MAX_OVERFLOW",
+    "SQLALCHEMY_NATIVE_UNICODE",
+)
+FSA_SIGNALS = ("models_committed", "before_models_committed")
+
+
+def test_every_config_key_is_documented() -> None:
+    """Each ``SESSIONEXT_*`` key the package reads has a ``.. data::`` entry
+    with a default and an example.
+    """
+    source = "".join(path.read_text() for path in PACKAGE.glob("*.py"))
+    keys = set(re.findall(r"SESSIONEXT_[A-Z_]*[A-Z]", source))
+    config = (DOCS / "config.rst").read_text()
+    entry = r"^\.\. data:: (\S+)\n(.*?)(?=^\.\. data::|^\S)"
+    entries = dict(re.findall(entry, config, re.MULTILINE | re.DOTALL))
+    assert keys == set(entries)
+    for key, body in entries.items():
+        assert "Default:" in body, key
+        assert f'app.config["{key}"] = ' in body, key
+
+
+def test_flask_sqlalchemy_table_covers_its_keys_and_signals() -> None:
+    """The migration page maps every key and signal of Flask-SQLAlchemy 3.1."""
+    page = (DOCS / "flask-sqlalchemy.rst").read_text()
+    missing = [name for name in (*FSA_KEYS, *FSA_SIGNALS) if f"``{name}``" not in page]
+    assert missing == []
+
+
+def test_public_names_are_documented() -> None:
+    """Every public name has a docstring and a place in the API reference."""
+    api = (DOCS / "api.rst").read_text()
+    for name in flask_sessionext.__all__:
+        assert f".. autoclass:: {name}" in api
+        assert inspect.getdoc(getattr(flask_sessionext, name))
+    for name in testing.__all__:
+        assert f".. autofunction:: {name}" in api
+        assert inspect.getdoc(getattr(testing, name))
+    for name, member in vars(SessionExt).items():
+        if not name.startswith("_"):
+            assert inspect.getdoc(member), name
+    assert ".. sessionext-signals::" in api
