@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import typing as t
 from collections.abc import Mapping
 
@@ -13,37 +12,37 @@ from flask import Flask
 from sqlalchemy.engine import URL
 from sqlalchemy.pool import StaticPool
 
+from . import _options
+from ._options import mask_url
+
+__all__ = ["mask_url"]
+
 SynchronizeSession = t.Literal["auto", "evaluate", "fetch", False]
-
-#: The ``user:password@`` part of a URL that SQLAlchemy could not parse.
-_USERINFO_RE = re.compile(r"^((?:[^:/@]*://)?).*@")
-
-
-def mask_url(url: str | URL) -> str:
-    """Render ``url`` for a message, with its password replaced by ``***``."""
-    if isinstance(url, URL):
-        return url.render_as_string(hide_password=True)
-    try:
-        return sa.make_url(url).render_as_string(hide_password=True)
-    except (sa_exc.ArgumentError, ValueError, TypeError):
-        # Unparsable: hide everything that might be user info.
-        return _USERINFO_RE.sub(r"\1***@", url, count=1)
 
 
 def get_options(
     app: Flask, key: str, default: Mapping[str, t.Any] | None
 ) -> dict[str, t.Any]:
     """Merge a ``*_OPTIONS`` config value over the constructor's ``default``.
+    Session options are checked against what the Session takes, so that a
+    mistake fails here rather than in the first request.
 
-    :raise TypeError: the config value is neither a mapping nor ``None``.
+    :raise TypeError: the config value is neither a mapping nor ``None``; an
+        option name is not a string; a Session option is unknown or of the
+        wrong type.
+    :raise ValueError: a Session option has a value that the Session refuses.
     """
     value = app.config.get(key)
     if value is not None and not isinstance(value, Mapping):
         raise TypeError(
             f"'{key}' must be a mapping of option names to values or None,"
-            f" not {type(value).__name__} {value!r}."
+            f" not {_options.describe(value)}."
         )
-    return {**(default or {}), **(value or {})}
+    options = {**(default or {}), **(value or {})}
+    _options.check_names(key, options)
+    if key == "SESSIONEXT_SESSION_OPTIONS":
+        _options.check_session_options(app, options)
+    return options
 
 
 def get_bool(app: Flask, key: str, default: bool) -> bool:
@@ -53,7 +52,7 @@ def get_bool(app: Flask, key: str, default: bool) -> bool:
     """
     value = app.config.get(key, default)
     if not isinstance(value, bool):
-        raise TypeError(f"'{key}' must be True or False, not {value!r}.")
+        raise TypeError(f"'{key}' must be True or False, not {_options.quote(value)}.")
     return value
 
 
@@ -70,7 +69,7 @@ def get_synchronize_session(app: Flask) -> SynchronizeSession | None:
     ):
         raise ValueError(
             f"'SESSIONEXT_SYNCHRONIZE_SESSION' must be one of 'auto', 'evaluate',"
-            f" 'fetch' or False, not {value!r}."
+            f" 'fetch' or False, not {_options.quote(value)}."
         )
     return t.cast(SynchronizeSession, value)
 
@@ -90,14 +89,18 @@ def get_bind_configs(
     if get_bool(app, "SESSIONEXT_ECHO", False):
         base.setdefault("echo", True)
 
-    binds = app.config.get("SESSIONEXT_BINDS") or {}
-    if not isinstance(binds, Mapping):
+    binds = app.config.get("SESSIONEXT_BINDS")
+    if binds is None:
+        binds = {}
+    elif not isinstance(binds, Mapping):
         raise TypeError(
             "'SESSIONEXT_BINDS' must be a mapping of bind keys to URLs or dicts,"
             f" not {type(binds).__name__}."
         )
 
-    default_uri = app.config.get("SESSIONEXT_DATABASE_URI") or "sqlite:///app.sqlite3"
+    default_uri = app.config.get("SESSIONEXT_DATABASE_URI")
+    if default_uri is None or default_uri == "":
+        default_uri = "sqlite:///app.sqlite3"
     configs: dict[str | None, dict[str, t.Any]] = {
         None: {**base, "url": _check_url_type("SESSIONEXT_DATABASE_URI", default_uri)}
     }
@@ -106,7 +109,8 @@ def get_bind_configs(
         where = f"SESSIONEXT_BINDS[{key!r}]"
         if not isinstance(key, str):
             raise TypeError(
-                f"Bind keys in 'SESSIONEXT_BINDS' must be strings, not {key!r}."
+                "Bind keys in 'SESSIONEXT_BINDS' must be strings,"
+                f" not {_options.quote(key)}."
             )
         if isinstance(value, Mapping):
             if "url" not in value:
@@ -114,10 +118,11 @@ def get_bind_configs(
                     f"'{where}' is a dict without a 'url' key; give"
                     " {'url': 'dialect://...', **engine_options} or a URL string."
                 )
+            _options.check_names(where, value)
             configs[key] = {
                 **base,
                 **value,
-                "url": _check_url_type(where, value["url"]),
+                "url": _check_url_type(f"{where}['url']", value["url"]),
             }
         else:
             configs[key] = {**base, "url": _check_url_type(where, value)}
@@ -128,10 +133,13 @@ def get_bind_configs(
 def _check_url_type(where: str, value: object) -> str | URL:
     if isinstance(value, (str, URL)):
         return value
-    raise TypeError(
-        f"'{where}' must be a URL string or a dict with a 'url' key,"
-        f" not {type(value).__name__}."
+    accepted = (
+        "a URL string or a dict with a 'url' key"
+        if where.startswith("SESSIONEXT_BINDS") and not where.endswith("['url']")
+        else "a URL string or a sqlalchemy.engine.URL"
     )
+    # The type only: the repr of a list or a tuple may hold a password.
+    raise TypeError(f"'{where}' must be {accepted}, not {type(value).__name__}.")
 
 
 def create_engine(app: Flask, where: str, options: dict[str, t.Any]) -> sa.Engine:
@@ -142,7 +150,9 @@ def create_engine(app: Flask, where: str, options: dict[str, t.Any]) -> sa.Engin
     databases get ``pool_pre_ping`` unless the options say otherwise.
 
     :raise ValueError: the URL cannot be parsed, or names an unknown dialect or
-        a driver that is not installed.
+        a driver that is not installed; an engine option has a value that
+        ``create_engine()`` refuses.
+    :raise TypeError: an engine option is unknown, or of the wrong type.
     """
     options = dict(options)
     raw_url = options.pop("url")
@@ -157,6 +167,7 @@ def create_engine(app: Flask, where: str, options: dict[str, t.Any]) -> sa.Engin
             " 'postgresql+psycopg://user:password@127.0.0.1/app'."
         ) from None
 
+    _options.check_engine_options(app, where, url, options)
     if url.get_backend_name() == "sqlite":
         url, options = _sqlite_options(app, url, options)
     else:
@@ -165,6 +176,9 @@ def create_engine(app: Flask, where: str, options: dict[str, t.Any]) -> sa.Engin
     try:
         return sa.create_engine(url, **options)
     except sa_exc.NoSuchModuleError as e:
+        if "sqlalchemy.plugins:" in str(e):  # a bad 'plugins' option, not the URL
+            error = _options.engine_error(app, where, url, options, e)
+            raise error from _options.cause(e, url.password)
         raise ValueError(
             f"'{where}' names an unknown dialect or driver"
             f" '{url.drivername}' in {mask_url(url)!r}. Use a dialect that"
@@ -177,6 +191,9 @@ def create_engine(app: Flask, where: str, options: dict[str, t.Any]) -> sa.Engin
             f" installed ({e}). Install it, or name an installed driver in the"
             " URL, for example 'postgresql+psycopg://...'."
         ) from e
+    except _options.OPTION_ERRORS as e:
+        error = _options.engine_error(app, where, url, options, e)
+        raise error from _options.cause(e, url.password)
 
 
 def _sqlite_options(

@@ -31,6 +31,7 @@ from sqlalchemy.engine.interfaces import ExecutionContext
 
 from . import _config
 from ._bridge import AppBridge, quiet_receivers, report
+from ._options import quote
 from .signals import after_cursor_execute, before_cursor_execute, slow_query
 
 __all__ = ["QueryRecord"]
@@ -344,10 +345,10 @@ def _get_limit(app: Flask) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"'{key}' must be {accepted}, not {value!r}.")
+        raise TypeError(f"'{key}' must be {accepted}, not {quote(value)}.")
     if value < 1:
         raise ValueError(
-            f"'{key}' must be {accepted}, not {value!r}. To record nothing, set"
+            f"'{key}' must be {accepted}, not {quote(value)}. To record nothing, set"
             " 'SESSIONEXT_RECORD_QUERIES' to False."
         )
     return value
@@ -360,7 +361,7 @@ def _get_threshold(app: Flask) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"'{key}' must be {accepted}, not {value!r}.")
+        raise TypeError(f"'{key}' must be {accepted}, not {quote(value)}.")
     if not value >= 0:  # NaN too
-        raise ValueError(f"'{key}' must be {accepted}, not {value!r}.")
+        raise ValueError(f"'{key}' must be {accepted}, not {quote(value)}.")
     return float(value)
