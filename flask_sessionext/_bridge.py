@@ -181,9 +181,18 @@ def sync(signal: Signal, **kwargs: t.Any) -> None:
             bridge.hooks.flush_pending()
 
 
-for _entry in CATALOG.values():
-    _entry.signal.receiver_connected.connect(sync, weak=False)
-    _entry.signal.receiver_disconnected.connect(sync, weak=False)
+def on_receivers_changed(
+    signals: t.Iterable[Signal], callback: t.Callable[..., None]
+) -> None:
+    """Call ``callback(signal, **kwargs)`` after each connect to, or
+    disconnect from, one of ``signals``.
+    """
+    for signal in signals:
+        signal.receiver_connected.connect(callback, weak=False)
+        signal.receiver_disconnected.connect(callback, weak=False)
+
+
+on_receivers_changed((entry.signal for entry in CATALOG.values()), sync)
 
 
 def _handler(

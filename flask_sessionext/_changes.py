@@ -22,7 +22,7 @@ from flask import Flask
 from flask.globals import _cv_app
 from sqlalchemy import orm
 
-from ._bridge import AppBridge, receiver_ref, report
+from ._bridge import AppBridge, on_receivers_changed, receiver_ref, report
 from ._errors import after_operation, receiver_failed
 from ._hooks import Handler
 from .signals import before_models_committed, models_committed
@@ -237,6 +237,4 @@ def _sync(signal: object, **kwargs: t.Any) -> None:
         tracker.sync()
 
 
-for _signal in (before_models_committed, models_committed):
-    _signal.receiver_connected.connect(_sync, weak=False)
-    _signal.receiver_disconnected.connect(_sync, weak=False)
+on_receivers_changed((before_models_committed, models_committed), _sync)

@@ -15,8 +15,6 @@ from sqlalchemy.pool import StaticPool
 from . import _options
 from ._options import mask_url
 
-__all__ = ["mask_url"]
-
 SynchronizeSession = t.Literal["auto", "evaluate", "fetch", False]
 
 

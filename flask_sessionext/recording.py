@@ -30,7 +30,7 @@ from flask.globals import _cv_app
 from sqlalchemy.engine.interfaces import ExecutionContext
 
 from . import _config
-from ._bridge import AppBridge, quiet_receivers, report
+from ._bridge import AppBridge, on_receivers_changed, quiet_receivers, report
 from ._options import quote
 from .signals import after_cursor_execute, before_cursor_execute, slow_query
 
@@ -248,30 +248,22 @@ def _after(
     duration = end - start
     queries.count += 1
     queries.duration += duration
-    record = None
-    if queries.records is not None:
-        record = QueryRecord(
-            statement,
-            parameters if recorder.parameters else None,
-            start,
-            end,
-            duration,
-            recorder.location(),
-            bind_key,
-        )
-        queries.records.append(record)
     threshold = recorder.threshold
-    if threshold is not None and duration > threshold and not queries.reporting:
-        if record is None:
-            record = QueryRecord(
-                statement,
-                parameters if recorder.parameters else None,
-                start,
-                end,
-                duration,
-                recorder.location(),
-                bind_key,
-            )
+    slow = threshold is not None and duration > threshold and not queries.reporting
+    if queries.records is None and not slow:
+        return
+    record = QueryRecord(
+        statement,
+        parameters if recorder.parameters else None,
+        start,
+        end,
+        duration,
+        recorder.location(),
+        bind_key,
+    )
+    if queries.records is not None:
+        queries.records.append(record)
+    if slow:
         recorder.slow(sender, queries, record)
 
 
@@ -286,8 +278,7 @@ def _sync_guards(signal: object, **kwargs: t.Any) -> None:
         recorder.sync_guard()
 
 
-slow_query.receiver_connected.connect(_sync_guards, weak=False)
-slow_query.receiver_disconnected.connect(_sync_guards, weak=False)
+on_receivers_changed((slow_query,), _sync_guards)
 
 
 def _add_server_timing(response: Response) -> Response:
