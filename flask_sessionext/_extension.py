@@ -13,7 +13,6 @@ import sqlalchemy as sa
 import sqlalchemy.exc as sa_exc
 import sqlalchemy.orm as orm
 from flask import Flask, abort
-from flask.globals import _cv_app
 
 from . import _config, _sqlite, recording
 from ._bridge import AppBridge, register, report
@@ -22,7 +21,6 @@ from ._hooks import Hooks
 from ._register import Registration
 from ._register import register as register_listener
 from ._scoping import (
-    NO_APP_CONTEXT,
     Session,
     app_ctx_scope,
     engine_for_key,
@@ -216,14 +214,17 @@ class SessionExt:
 
     @property
     def session(self) -> orm.scoped_session[Session]:
-        """The scoped session: inside an application context it stands for
+        """The scoped session. Inside an application context it stands for
         that context's own :class:`~sqlalchemy.orm.Session`, created on first
         use and removed when the context ends.
 
-        :raise RuntimeError: no application context is pushed.
+        The attribute itself is the same object at any time, so code may keep
+        a reference made at import time (``ModelView(User, db.session)``,
+        ``sqlalchemy_session = db.session``); only *using* it needs a context.
+
+        Using it (calling it, or any Session method or attribute through it)
+        outside an application context raises :exc:`RuntimeError`.
         """
-        if _cv_app.get(None) is None:
-            raise RuntimeError(NO_APP_CONTEXT)
         return self._session
 
     @property

@@ -253,9 +253,17 @@ def test_init_app_twice(tmp_path: Path) -> None:
 
 
 def test_outside_app_context(tmp_path: Path) -> None:
-    """The session and engines need an app context, and say how to push one."""
+    """Using the session, and reading the engines, need an app context, and
+    the error says how to push one.
+    """
     db = SessionExt(make_app(tmp_path))
-    for access in (lambda: db.session, lambda: db.engine, lambda: db.engines):
+    for access in (
+        lambda: db.session(),
+        lambda: db.session.execute(sa.text("SELECT 1")),
+        lambda: db.session.new,
+        lambda: db.engine,
+        lambda: db.engines,
+    ):
         with pytest.raises(RuntimeError, match=r"with app\.app_context\(\):"):
             access()
     with (

@@ -278,3 +278,25 @@ def test_first_and_one_or_404(app: Flask, db: SessionExt) -> None:
     assert client.get("/one/a").text == "a"
     assert client.get("/one/b").status_code == 404
     assert client.get("/one/c").status_code == 404
+
+
+def test_session_attribute_outside_app_context(app: Flask) -> None:
+    """``db.session`` may be read and kept without an app context, as real
+    clients do at import time; the kept reference works inside a request.
+    """
+    db = SessionExt()
+    kept = db.session
+    assert hasattr(db, "session")
+    assert db.session is kept
+    db.init_app(app)
+    with app.app_context():
+        Base.metadata.create_all(db.engine)
+        kept.add(User(name="kept"))
+        kept.commit()
+        assert kept() is db.session()
+        assert kept.scalar(sa.select(sa.func.count()).select_from(User)) == 1
+        kept.close()
+        Base.metadata.drop_all(db.engine)
+        db.engine.dispose()
+    with pytest.raises(RuntimeError, match=r"with app\.app_context\(\):"):
+        kept.scalar(sa.select(User))

@@ -397,7 +397,7 @@ CASES = [
     ),
     Case(
         "session outside an app context",
-        outside(lambda db: db.session),
+        outside(lambda db: db.session.execute(sa.text("SELECT 1"))),
         RuntimeError,
         r"Working outside of an application context",
         r"with app\.app_context\(\):",
