@@ -23,7 +23,8 @@ from flask.globals import _cv_app
 from sqlalchemy import orm
 
 from ._bridge import AppBridge, on_receivers_changed, receiver_ref, report
-from ._errors import after_operation, receiver_failed
+from ._compat import outside_transaction_block
+from ._errors import collect_receiver_errors, receiver_failed
 from ._hooks import Handler
 from .signals import before_models_committed, models_committed
 
@@ -32,6 +33,7 @@ Callback = tuple[t.Callable[..., t.Any], tuple[t.Any, ...], dict[str, t.Any]]
 Levels = dict[orm.SessionTransaction, "_Level"]
 
 _LEVELS = "sessionext.levels"
+_COMMITTED = "sessionext.committed"
 
 
 class _Level:
@@ -62,6 +64,24 @@ class _Level:
         for instance, operation in child.changes.values():
             self.record(instance, operation)
         self.callbacks.extend(child.callbacks)
+
+
+class _Committed:
+    """What a committed outermost transaction leaves for its end: the
+    ``on_commit`` callbacks to run and the receiver errors to raise.
+    """
+
+    __slots__ = ("callbacks", "errors", "transaction")
+
+    def __init__(
+        self,
+        transaction: orm.SessionTransaction,
+        callbacks: list[Callback],
+        errors: list[Exception],
+    ) -> None:
+        self.transaction = transaction
+        self.callbacks = callbacks
+        self.errors = errors
 
 
 def _levels(session: orm.Session) -> Levels:
@@ -186,15 +206,17 @@ class ChangeTracker:
         root = session.get_transaction()
         level = levels.pop(root, None) if root is not None else None
         app = self._app()
-        if level is None or app is None:
+        if root is None or level is None or app is None:
             return
-        if level.changes:
-            # Here the committed objects still hold their values (the commit
-            # expires them right after), though the session can run no SQL.
-            report(models_committed, app, changes=list(level.changes.values()))
-        if level.callbacks:
-            callbacks = level.callbacks
-            after_operation(lambda: self._run_callbacks(app, callbacks))
+        with collect_receiver_errors() as errors:
+            if level.changes:
+                # Here the committed objects still hold their values (the
+                # commit expires them right after), though the session can
+                # run no SQL.
+                report(models_committed, app, changes=list(level.changes.values()))
+        if level.callbacks or errors:
+            # The session is usable again only at the end of the transaction.
+            session.info[_COMMITTED] = _Committed(root, level.callbacks, errors)
 
     def _after_transaction_end(
         self, session: orm.Session, transaction: orm.SessionTransaction
@@ -207,10 +229,34 @@ class ChangeTracker:
                 levels.setdefault(parent, _Level()).absorb(level)
             if transaction.parent is None:
                 levels.clear()  # whatever a rollback left behind
-        if transaction.parent is None and session in self._waiting:
+        if transaction.parent is not None:
+            return
+        if session in self._waiting:
             self._waiting.discard(session)
             if not self._waiting:
                 self.sync()
+        committed: _Committed | None = session.info.pop(_COMMITTED, None)
+        if committed is not None and committed.transaction is transaction:
+            self._finish_commit(session, committed)
+
+    def _finish_commit(self, session: orm.Session, committed: _Committed) -> None:
+        """Run the ``on_commit`` callbacks of a committed transaction, now
+        that it has ended and its session can be used again, then raise the
+        first receiver error that no running session operation will raise.
+
+        This is the end of every way to commit: ``Session.commit()``,
+        ``with session.begin():``, ``session.get_transaction().commit()``,
+        and so :meth:`SessionExt.transaction`, ``session_scope()`` and the
+        teardown commit.
+        """
+        errors = committed.errors
+        app = self._app()
+        if committed.callbacks and app is not None:
+            with collect_receiver_errors() as more, outside_transaction_block(session):
+                self._run_callbacks(app, committed.callbacks)
+            errors = [*errors, *more]
+        if errors:
+            raise errors[0]
 
     def _run_callbacks(self, app: Flask, callbacks: list[Callback]) -> None:
         """Run ``on_commit`` callbacks in an app context of ``app``."""

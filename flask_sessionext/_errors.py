@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import functools
 import typing as t
+from collections.abc import Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 
 from flask import Flask
@@ -19,14 +21,13 @@ from flask import Flask
 
 class _Operation:
     """The session operation that is running: the receiver errors to raise
-    and the tasks to run once it has completed.
+    once it has completed.
     """
 
-    __slots__ = ("after", "errors")
+    __slots__ = ("errors",)
 
     def __init__(self) -> None:
         self.errors: list[Exception] = []
-        self.after: list[t.Callable[[], None]] = []
 
 
 #: The running session operation; ``None`` when there is none.
@@ -78,19 +79,26 @@ def receiver_failed(app: Flask, name: str, receiver: object, error: Exception) -
         operation.errors.append(error)
 
 
-def after_operation(task: t.Callable[[], None]) -> None:
-    """Run ``task`` once the running session operation has completed
-    successfully, or now when none is running.
+@contextmanager
+def collect_receiver_errors() -> Iterator[list[Exception]]:
+    """Park the receiver errors of the block in the running session operation,
+    or, when none is running, in the yielded list, for the caller to raise.
 
-    ``after_commit`` is the place SQLAlchemy offers to learn of a commit, but
-    the session can run no SQL there; deferred, a ``models_committed``
-    receiver or an ``on_commit`` callback may use the session again.
+    Not every commit runs through a wrapped session operation:
+    ``with session.begin():`` and ``session.get_transaction().commit()``
+    commit through SQLAlchemy's ``SessionTransaction``. The change signals
+    collect their receivers' errors here and raise them once that commit has
+    completed.
     """
-    operation = _current.get()
-    if operation is None:
-        task()
-    else:
-        operation.after.append(task)
+    if _current.get() is not None:
+        yield []  # the running operation raises them
+        return
+    operation = _Operation()
+    token = _current.set(operation)
+    try:
+        yield operation.errors
+    finally:
+        _current.reset(token)
 
 
 def guard(session_class: type, names: t.Collection[str]) -> None:
@@ -126,11 +134,6 @@ def operation(method: _F) -> _F:
         token = _current.set(operation)
         try:
             result = method(self, *args, **kwargs)
-            # By index: a task may run an operation that defers more tasks.
-            index = 0
-            while index < len(operation.after):
-                operation.after[index]()
-                index += 1
         finally:
             _current.reset(token)
         if operation.errors:
