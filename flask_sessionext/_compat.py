@@ -10,7 +10,9 @@ import typing as t
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import sqlalchemy as sa
 from sqlalchemy import orm
+from sqlalchemy.engine.events import ConnectionEvents, DialectEvents
 
 
 @contextmanager
@@ -36,3 +38,34 @@ def outside_transaction_block(session: orm.Session) -> Iterator[None]:
         yield
     finally:
         session._trans_context_manager = block
+
+
+def _event_names(events: type) -> tuple[str, ...]:
+    return tuple(
+        name for name in vars(events) if not name.startswith("_") and name != "dispatch"
+    )
+
+
+_CONNECTION_EVENTS = _event_names(ConnectionEvents)
+_DIALECT_EVENTS = _event_names(DialectEvents)
+
+
+def clear_event_flags(engine: sa.Engine) -> None:
+    """Put ``engine`` back on SQLAlchemy's fast path once it has no listener.
+
+    The first connection (dialect) event listener on an engine sets the
+    instance attribute ``_has_events`` that makes every statement dispatch
+    the engine's (dialect's) events, and removing the listener does not
+    clear it. Without this, a receiver that connected once would cost every
+    later statement something, for good.
+
+    The instance attribute is removed rather than set to ``False``: a library
+    that later listens on the ``Engine`` (or ``Dialect``) class, as
+    sentry-sdk does, sets ``_has_events`` on the class, and the class value
+    must show through.
+    """
+    if not any(getattr(engine.dispatch, name) for name in _CONNECTION_EVENTS):
+        vars(engine).pop("_has_events", None)
+    dialect = engine.dialect
+    if not any(getattr(dialect.dispatch, name) for name in _DIALECT_EVENTS):
+        vars(dialect).pop("_has_events", None)

@@ -15,7 +15,8 @@ import typing as t
 
 import sqlalchemy as sa
 from sqlalchemy import event
-from sqlalchemy.engine.events import ConnectionEvents, DialectEvents
+
+from ._compat import clear_event_flags
 
 Handler = t.Callable[..., t.Any]
 
@@ -98,34 +99,9 @@ class Hooks:
         del self._hooks[(id(hook.target), hook.identifier)]
         event.remove(hook.target, hook.identifier, hook.listener)
         if isinstance(hook.target, sa.Engine):
-            _clear_event_flags(hook.target)
+            clear_event_flags(hook.target)
 
     def count(self, target: t.Any) -> int:
         """How many listeners this object installed on ``target``."""
         with self._lock:
             return sum(1 for hook in self._hooks.values() if hook.target is target)
-
-
-def _event_names(events: type) -> tuple[str, ...]:
-    return tuple(
-        name for name in vars(events) if not name.startswith("_") and name != "dispatch"
-    )
-
-
-_CONNECTION_EVENTS = _event_names(ConnectionEvents)
-_DIALECT_EVENTS = _event_names(DialectEvents)
-
-
-def _clear_event_flags(engine: sa.Engine) -> None:
-    """Put ``engine`` back on SQLAlchemy's fast path once it has no listener.
-
-    The first connection (dialect) event listener sets a flag that makes
-    every statement dispatch the engine's (dialect's) events, and removing the
-    listener does not clear it. Without this, a receiver that connected once
-    would cost every later statement something, for good.
-    """
-    if not any(getattr(engine.dispatch, name) for name in _CONNECTION_EVENTS):
-        engine._has_events = False
-    dialect = engine.dialect
-    if not any(getattr(dialect.dispatch, name) for name in _DIALECT_EVENTS):
-        dialect._has_events = False

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import pytest
 import sqlalchemy as sa
+from flask import Flask
 from flask.ctx import AppContext
-from sqlalchemy import orm
+from sqlalchemy import event, orm
 
-from flask_sessionext import SessionExt
+from flask_sessionext import SessionExt, signals
 from flask_sessionext._compat import outside_transaction_block
 
 
@@ -35,3 +36,38 @@ def test_transaction_block_attribute(app_ctx: AppContext, db: SessionExt) -> Non
             assert session.scalar(sa.select(1)) == 1
         assert session._trans_context_manager is transaction
     assert session._trans_context_manager is None
+
+
+def test_class_listener_after_receiver_came_and_went(
+    app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A listener added on the ``Engine`` class after a connection-signal
+    receiver came and went still fires, as sentry-sdk's does.
+    """
+    app.config["SESSIONEXT_RECORD_QUERIES"] = False
+    db = SessionExt(app)
+    with app.app_context():
+        engine = db.engine
+    with signals.before_cursor_execute.connected_to(
+        lambda sender, **kwargs: None, sender=app
+    ):
+        assert vars(engine)["_has_events"] is True
+    assert "_has_events" not in vars(engine)
+    assert engine._has_events is False
+    # SQLAlchemy never resets the class flag: restore it after the test.
+    monkeypatch.setattr(sa.Engine, "_has_events", sa.Engine._has_events)
+    statements: list[str] = []
+
+    def listener(
+        conn: sa.Connection, cursor: object, statement: str, *args: object
+    ) -> None:
+        statements.append(statement)
+
+    event.listen(sa.Engine, "before_cursor_execute", listener)
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 42"))
+    finally:
+        event.remove(sa.Engine, "before_cursor_execute", listener)
+    engine.dispose()
+    assert statements == ["SELECT 42"]
