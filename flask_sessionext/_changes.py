@@ -15,6 +15,7 @@ callback waits in one of its sessions.
 
 from __future__ import annotations
 
+import threading
 import typing as t
 import weakref
 
@@ -122,6 +123,12 @@ class ChangeTracker:
         self.installed: dict[str, Handler] = {}
         #: Sessions with on_commit callbacks waiting.
         self._waiting: weakref.WeakSet[orm.Session] = weakref.WeakSet()
+        #: Held while ``_waiting`` and the installed listeners are compared
+        #: and brought in line: without it, a thread whose commit empties
+        #: ``_waiting`` could remove the listeners just after another thread
+        #: registered a callback and saw them installed, and that callback
+        #: would never run. Re-entrant: ``sync`` runs under it.
+        self._lock = threading.RLock()
         #: Weak references to the receivers seen by the last sync.
         self._receivers: tuple[t.Callable[[], t.Any], ...] = ()
         _trackers.add(self)
@@ -129,6 +136,10 @@ class ChangeTracker:
 
     def sync(self) -> None:
         """Install or remove the listeners as receivers and callbacks say."""
+        with self._lock:
+            self._sync()
+
+    def _sync(self) -> None:
         app = self._app()
         self._receivers = tuple(
             receiver_ref(receiver)
@@ -161,10 +172,11 @@ class ChangeTracker:
     def on_commit(self, session: orm.Session, callback: Callback) -> None:
         """Run ``callback`` after the outermost commit of ``session``."""
         _current_level(session).callbacks.append(callback)
-        if session not in self._waiting:
-            self._waiting.add(session)
-            if "after_commit" not in self.installed:
-                self.sync()
+        with self._lock:
+            if session not in self._waiting:
+                self._waiting.add(session)
+                if "after_commit" not in self.installed:
+                    self._sync()
 
     def _after_flush(self, session: orm.Session, flush_context: object) -> None:
         # The session still shows its pre-flush state here.
@@ -231,10 +243,11 @@ class ChangeTracker:
                 levels.clear()  # whatever a rollback left behind
         if transaction.parent is not None:
             return
-        if session in self._waiting:
-            self._waiting.discard(session)
-            if not self._waiting:
-                self.sync()
+        with self._lock:
+            if session in self._waiting:
+                self._waiting.discard(session)
+                if not self._waiting:
+                    self._sync()
         committed: _Committed | None = session.info.pop(_COMMITTED, None)
         if committed is not None and committed.transaction is transaction:
             self._finish_commit(session, committed)
