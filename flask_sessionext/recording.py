@@ -40,6 +40,14 @@ __all__ = ["QueryRecord"]
 _QUERIES = "_sessionext_queries"
 _UNKNOWN = "<unknown>"
 _STATEMENT_LENGTH = 200
+#: A recorded string or bytes parameter keeps at most this many characters
+#: (bytes); the rest is replaced by a marker saying how much was cut.
+PARAMETER_LENGTH = 1024
+#: An app context keeps at most this many characters (bytes) of recorded
+#: parameters; later records keep a marker instead of their parameters.
+CONTEXT_PARAMETER_BYTES = 1024 * 1024
+#: What a non-text parameter counts for against the context's budget.
+_SCALAR_SIZE = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +78,7 @@ class QueryRecord:
 class _Queries:
     """What one app context ran: kept in ``flask.g``."""
 
-    __slots__ = ("count", "duration", "records", "reporting")
+    __slots__ = ("count", "duration", "parameter_bytes", "records", "reporting")
 
     def __init__(self, records: deque[QueryRecord] | None) -> None:
         #: Queries run, and their total duration (for ``Server-Timing``).
@@ -78,6 +86,8 @@ class _Queries:
         self.duration = 0.0
         #: The newest records; ``None`` when recording is off.
         self.records = records
+        #: The size of the parameters kept so far.
+        self.parameter_bytes = 0
         #: Whether a ``slow_query`` send is running (its queries are not
         #: reported again, so a receiver that writes to the database with a
         #: threshold of 0 does not loop).
@@ -252,9 +262,16 @@ def _after(
     slow = threshold is not None and duration > threshold and not queries.reporting
     if queries.records is None and not slow:
         return
+    kept = None
+    if recorder.parameters:
+        kept, size = _bounded(parameters, 2)
+        if queries.parameter_bytes + size > CONTEXT_PARAMETER_BYTES:
+            kept = _OVER_BUDGET
+        else:
+            queries.parameter_bytes += size
     record = QueryRecord(
         statement,
-        parameters if recorder.parameters else None,
+        kept,
         start,
         end,
         duration,
@@ -265,6 +282,45 @@ def _after(
         queries.records.append(record)
     if slow:
         recorder.slow(sender, queries, record)
+
+
+_OVER_BUDGET = (
+    f"<parameters not kept: this app context has recorded"
+    f" {CONTEXT_PARAMETER_BYTES // 1024} KiB of parameters>"
+)
+
+
+def _bounded(value: t.Any, depth: int) -> tuple[t.Any, int]:
+    """``value`` with long strings and bytes cut to :data:`PARAMETER_LENGTH`,
+    and its size, through ``depth`` levels of dicts, lists and tuples
+    (``executemany`` sends a list of them).
+    """
+    if isinstance(value, str):
+        if len(value) <= PARAMETER_LENGTH:
+            return value, len(value)
+        cut = len(value) - PARAMETER_LENGTH
+        text = f"{value[:PARAMETER_LENGTH]}...<{cut} more characters>"
+        return text, len(text)
+    if isinstance(value, bytes):
+        if len(value) <= PARAMETER_LENGTH:
+            return value, len(value)
+        cut = len(value) - PARAMETER_LENGTH
+        data = value[:PARAMETER_LENGTH] + f"...<{cut} more bytes>".encode()
+        return data, len(data)
+    if depth and isinstance(value, dict):
+        items = {key: _bounded(item, depth - 1) for key, item in value.items()}
+        return (
+            {key: item for key, (item, _) in items.items()},
+            sum(size for _, size in items.values()),
+        )
+    if depth and isinstance(value, (list, tuple)):
+        pairs = [_bounded(item, depth - 1) for item in value]
+        kept_items = [item for item, _ in pairs]
+        return (
+            kept_items if isinstance(value, list) else tuple(kept_items),
+            sum(size for _, size in pairs),
+        )
+    return value, _SCALAR_SIZE
 
 
 quiet_receivers.update((_before, _after))

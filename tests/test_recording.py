@@ -20,6 +20,7 @@ from flask import Flask, Response, stream_with_context
 from flask.ctx import AppContext
 
 from flask_sessionext import QueryRecord, SessionExt, signals
+from flask_sessionext.recording import CONTEXT_PARAMETER_BYTES, PARAMETER_LENGTH
 from flask_sessionext.testing import capture_signal, rollback
 
 from _postgres import APP_PASSWORD, PostgresServer
@@ -625,3 +626,31 @@ def test_check_bad_bind(
     assert error.startswith("Error: Cannot connect to bind 'broken' (")
     assert expected in error
     assert secret not in result.output
+
+
+@pytest.mark.parametrize(
+    "config",
+    [{"SESSIONEXT_RECORD_PARAMETERS": True, "SESSIONEXT_RECORD_QUERIES_LIMIT": None}],
+)
+def test_parameter_bytes_are_bounded(app_ctx: AppContext, db: SessionExt) -> None:
+    """A long parameter is cut with a marker, and an app context stops keeping
+    parameters once it holds ``CONTEXT_PARAMETER_BYTES`` of them.
+    """
+    big = "x" * 200_000
+    db.session.execute(sa.select(User).where(User.name == big))
+    (record,) = db.get_recorded_queries()
+    values = record.parameters
+    values = list(values.values() if isinstance(values, dict) else values)
+    kept = next(v for v in values if isinstance(v, str) and v.startswith("xxx"))
+    assert (
+        kept
+        == "x" * PARAMETER_LENGTH + f"...<{200_000 - PARAMETER_LENGTH} more characters>"
+    )
+    for _ in range(CONTEXT_PARAMETER_BYTES // PARAMETER_LENGTH + 10):
+        db.session.execute(sa.select(User).where(User.name == big))
+    records = db.get_recorded_queries()
+    total = sum(len(repr(r.parameters)) for r in records)
+    assert total < 2 * CONTEXT_PARAMETER_BYTES
+    assert records[-1].parameters == (
+        "<parameters not kept: this app context has recorded 1024 KiB of parameters>"
+    )
