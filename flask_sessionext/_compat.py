@@ -15,6 +15,13 @@ from sqlalchemy import orm
 from sqlalchemy.engine.events import ConnectionEvents, DialectEvents
 
 
+def in_transaction_block(session: orm.Session) -> bool:
+    """Whether ``session`` is inside a ``with session.begin():`` block (or a
+    ``begin_nested()`` one), which owns its transaction.
+    """
+    return session._trans_context_manager is not None
+
+
 @contextmanager
 def outside_transaction_block(session: orm.Session) -> Iterator[None]:
     """Let ``session`` be used while the ``with session.begin():`` block whose

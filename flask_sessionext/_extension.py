@@ -15,6 +15,7 @@ import sqlalchemy.orm as orm
 from flask import Flask, abort
 
 from . import _config, _sqlite, recording
+from ._compat import in_transaction_block
 from ._bridge import AppBridge, register, report
 from ._changes import ChangeTracker
 from ._hooks import Hooks
@@ -335,8 +336,9 @@ class SessionExt:
 
         The outermost block owns the session's transaction, joining one that
         earlier queries began: it commits on success and rolls back on any
-        exception, ``KeyboardInterrupt`` included. A block nested in another
-        opens a SAVEPOINT; an exception rolls back only that savepoint, then
+        exception, ``KeyboardInterrupt`` included. A block nested in another,
+        or in a ``with db.session.begin():`` block (which then owns the
+        transaction), opens a SAVEPOINT; an exception rolls back only that savepoint, then
         propagates::
 
             with db.transaction():
@@ -350,7 +352,8 @@ class SessionExt:
         depth: int = session.info.get(_DEPTH, 0)
         session.info[_DEPTH] = depth + 1
         try:
-            if depth:
+            # Inside ``with session.begin():`` that block owns the transaction.
+            if depth or in_transaction_block(session):
                 with session.begin_nested():
                     yield session
             else:

@@ -201,3 +201,22 @@ def test_no_synchronize_session_no_listener(
     db.session.execute(sa.update(User).values(name="b"))
     assert user.name == "b"
     assert count_rows(db.engine, "users") == 1
+
+
+def test_transaction_inside_begin_block_is_a_savepoint(
+    app_ctx: AppContext, db: SessionExt
+) -> None:
+    """Inside ``with db.session.begin():`` a transaction() block is a
+    SAVEPOINT: it commits nothing early, and its error undoes only its work.
+    """
+    with db.session.begin():
+        db.session.add(User(name="outer"))
+        with db.transaction():
+            db.session.add(User(name="inner"))
+        assert names(db) == []  # nothing committed before the block ends
+        with pytest.raises(ValueError, match="undo"), db.transaction():
+            db.session.add(User(name="undone"))
+            db.session.flush()
+            raise ValueError("undo")
+        db.session.add(User(name="last"))
+    assert names(db) == ["inner", "last", "outer"]
