@@ -14,7 +14,7 @@ import sqlalchemy.exc as sa_exc
 import sqlalchemy.orm as orm
 from flask import Flask, abort
 
-from . import _config, _sqlite, recording
+from . import _config, _fork, _sqlite, recording
 from ._compat import in_transaction_block
 from ._bridge import AppBridge, register, report
 from ._changes import ChangeTracker
@@ -146,6 +146,7 @@ class SessionExt:
             if _sqlite.needs_fix(engine):
                 _sqlite.install(engine)
 
+        _fork.dispose_in_child(list(engines.values()))
         session_class = make_session_class(options.pop("class_", None), engines)
         if synchronize is not None and SESSION_EXECUTION_OPTIONS:
             options["execution_options"] = {
