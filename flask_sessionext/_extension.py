@@ -15,9 +15,9 @@ import sqlalchemy.orm as orm
 from flask import Flask, abort
 
 from . import _config, _fork, _sqlite, recording
-from ._compat import in_transaction_block
 from ._bridge import AppBridge, register, report
 from ._changes import ChangeTracker
+from ._compat import in_transaction_block
 from ._hooks import Hooks
 from ._register import Registration
 from ._register import register as register_listener
