@@ -116,15 +116,17 @@ def create_all(
     metadatas: Mapping[str | None, sa.MetaData],
     engines: Mapping[str | None, sa.Engine],
 ) -> None:
-    """Create the missing tables of every bind."""
+    """Create the missing tables of every bind that has tables."""
     for key, metadata in metadatas.items():
-        metadata.create_all(engines[key])
+        if metadata.tables:
+            metadata.create_all(engines[key])
 
 
 def drop_all(
     metadatas: Mapping[str | None, sa.MetaData],
     engines: Mapping[str | None, sa.Engine],
 ) -> None:
-    """Drop the existing tables of every bind."""
+    """Drop the existing tables of every bind that has tables."""
     for key, metadata in metadatas.items():
-        metadata.drop_all(engines[key])
+        if metadata.tables:
+            metadata.drop_all(engines[key])

@@ -130,6 +130,8 @@ def create_all_command() -> None:
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
     state = app.extensions["sessionext"]
     for key, metadata in _metadatas(app).items():
+        if not metadata.tables:
+            continue  # connects to no bind that has nothing to create
         metadata.create_all(state.extension.get_engine(key))
         label = "the default bind" if key is None else f"bind {key!r}"
         click.echo(f"Created {len(metadata.tables)} table(s) in {label}.")
@@ -144,6 +146,8 @@ def drop_all_command() -> None:
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
     state = app.extensions["sessionext"]
     for key, metadata in _metadatas(app).items():
+        if not metadata.tables:
+            continue
         metadata.drop_all(state.extension.get_engine(key))
         label = "the default bind" if key is None else f"bind {key!r}"
         click.echo(f"Dropped {len(metadata.tables)} table(s) from {label}.")
