@@ -68,3 +68,17 @@ def test_create_all_without_metadata(app: Flask) -> None:
         "Error: This SessionExt was given no metadata. Pass your declarative"
         " base's metadata: 'SessionExt(metadata=Base.metadata)'.\n"
     )
+
+
+def test_drop_all_unknown_bind_key(app: Flask) -> None:
+    """drop-all with a table of an unconfigured bind names it on one line."""
+    metadata = sa.MetaData(info={"bind_key": "archive"})
+    sa.Table("old", metadata, sa.Column("id", sa.Integer, primary_key=True))
+    SessionExt(app, metadata=metadata)
+    result = app.test_cli_runner().invoke(args=["sessionext", "drop-all", "--yes"])
+    assert result.exit_code == 1
+    assert result.output == (
+        "Error: Table 'old' names the bind key 'archive', which is not"
+        " configured; the known keys are None, 'other'. Add it to"
+        " 'SESSIONEXT_BINDS'.\n"
+    )
