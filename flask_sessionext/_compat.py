@@ -6,6 +6,7 @@ SQLAlchemy changes one of them.
 
 from __future__ import annotations
 
+import importlib
 import typing as t
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,6 +14,18 @@ from contextlib import contextmanager
 import sqlalchemy as sa
 from sqlalchemy import orm
 from sqlalchemy.engine.events import ConnectionEvents, DialectEvents
+
+
+def all_registries() -> list[orm.registry]:
+    """Every declarative registry of the process.
+
+    ``db.metadatas`` puts the table of a class with ``__bind_key__`` in that
+    bind's metadata, but a MetaData does not know the declarative base that
+    fills it, and SQLAlchemy has no public list of its registries
+    (``sqlalchemy.orm.mapper._all_registries``).
+    """
+    mapperlib = importlib.import_module("sqlalchemy.orm.mapper")
+    return list(mapperlib._all_registries())
 
 
 def in_transaction_block(session: orm.Session) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 import typing as t
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -14,7 +14,7 @@ import sqlalchemy.exc as sa_exc
 import sqlalchemy.orm as orm
 from flask import Flask, abort
 
-from . import _config, _fork, _sqlite, recording
+from . import _config, _fork, _schema, _sqlite, recording
 from ._bridge import AppBridge, register, report
 from ._changes import ChangeTracker
 from ._compat import in_transaction_block
@@ -81,6 +81,10 @@ class SessionExt:
         ``SESSIONEXT_ENGINE_OPTIONS`` overrides them key by key.
     :param session_options: defaults for the app's ``sessionmaker``;
         ``SESSIONEXT_SESSION_OPTIONS`` overrides them key by key.
+    :param metadata: the ``MetaData`` of your declarative base, or a sequence
+        of them (one per base), for :attr:`metadatas`, :meth:`create_all`,
+        ``flask sessionext create-all`` and Flask-Migrate.
+    :raise TypeError: an argument has the wrong type.
     """
 
     def __init__(
@@ -89,7 +93,9 @@ class SessionExt:
         *,
         engine_options: Mapping[str, t.Any] | None = None,
         session_options: Mapping[str, t.Any] | None = None,
+        metadata: sa.MetaData | Sequence[sa.MetaData] | None = None,
     ) -> None:
+        self._metadata = _schema.check_metadata(metadata)
         for name, value in (
             ("engine_options", engine_options),
             ("session_options", session_options),
@@ -262,6 +268,63 @@ class SessionExt:
             return state.testing_engines
         return state.engines
 
+    @property
+    def metadatas(self) -> Mapping[str | None, sa.MetaData]:
+        """The tables of each bind of the current app, a read-only mapping of
+        bind key to ``MetaData``; ``None`` is the default bind, and every
+        configured bind has an entry, empty when it has no tables.
+
+        A table goes to the bind of its mapped class's ``__bind_key__``,
+        else of its MetaData's ``info["bind_key"]``, else to the default
+        bind, where the session sends its queries. When one given MetaData
+        spans several binds, its tables are copied into one new MetaData per
+        bind. Flask-Migrate's ``--multidb`` ``env.py`` reads this.
+
+        :raise RuntimeError: no ``metadata`` was given to the extension, or
+            no application context is pushed.
+        :raise KeyError: a table names a bind key that is not configured.
+        :raise ValueError: a foreign key refers to a table of another bind.
+        """
+        if not self._metadata:
+            raise RuntimeError(_schema.NO_METADATA)
+        return _schema.split_by_bind(self._metadata, self._engines())
+
+    @property
+    def metadata(self) -> sa.MetaData:
+        """The tables of the current app's default bind: ``metadatas[None]``.
+        Flask-Migrate's single-database ``env.py`` reads this.
+
+        :raise RuntimeError: no ``metadata`` was given to the extension, or
+            no application context is pushed.
+        """
+        return self.metadatas[None]
+
+    def bind_names(self) -> list[str]:
+        """The keys of ``SESSIONEXT_BINDS`` of the current app, without the
+        default bind, as Flask-Migrate's ``--multidb`` ``env.py`` asks.
+
+        :raise RuntimeError: no application context is pushed.
+        """
+        return [key for key in self._engines() if key is not None]
+
+    def create_all(self) -> None:
+        """Create the missing tables of :attr:`metadatas` in every bind of
+        the current app; ``flask sessionext create-all`` calls it.
+
+        :raise RuntimeError: no ``metadata`` was given to the extension, or
+            no application context is pushed.
+        """
+        _schema.create_all(self.metadatas, self._engines())
+
+    def drop_all(self) -> None:
+        """Drop the tables of :attr:`metadatas` from every bind of the
+        current app; ``flask sessionext drop-all`` calls it.
+
+        :raise RuntimeError: no ``metadata`` was given to the extension, or
+            no application context is pushed.
+        """
+        _schema.drop_all(self.metadatas, self._engines())
+
     def get_recorded_queries(self) -> list[recording.QueryRecord]:
         """The queries the current app context ran, oldest first, on every
         bind and through any session or connection of the app; ``[]`` when
@@ -339,8 +402,8 @@ class SessionExt:
         earlier queries began: it commits on success and rolls back on any
         exception, ``KeyboardInterrupt`` included. A block nested in another,
         or in a ``with db.session.begin():`` block (which then owns the
-        transaction), opens a SAVEPOINT; an exception rolls back only that savepoint, then
-        propagates::
+        transaction), opens a SAVEPOINT; an exception rolls back only that
+        savepoint, then propagates::
 
             with db.transaction():
                 db.session.add(order)

@@ -110,6 +110,49 @@ def check_command() -> None:
         raise click.exceptions.Exit(1)
 
 
+def _metadatas(app: Flask) -> t.Mapping[str | None, sa.MetaData]:
+    """The extension's tables by bind, or a one-line usage error."""
+    try:
+        metadatas: t.Mapping[str | None, sa.MetaData] = app.extensions[
+            "sessionext"
+        ].extension.metadatas
+    except (RuntimeError, KeyError, ValueError) as e:
+        message = e.args[0] if e.args else str(e)
+        raise click.ClickException(str(message)) from e
+    return metadatas
+
+
+@cli.command("create-all")
+def create_all_command() -> None:
+    """Create the missing tables of every bind from the extension's
+    ``metadata``.
+    """
+    app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+    state = app.extensions["sessionext"]
+    for key, metadata in _metadatas(app).items():
+        if not metadata.tables:
+            continue  # connects to no bind that has nothing to create
+        metadata.create_all(state.extension.get_engine(key))
+        label = "the default bind" if key is None else f"bind {key!r}"
+        click.echo(f"Created {len(metadata.tables)} table(s) in {label}.")
+
+
+@cli.command("drop-all")
+@click.confirmation_option(
+    "--yes", prompt="Drop every table of every bind? Their data is lost."
+)
+def drop_all_command() -> None:
+    """Drop the tables of the extension's ``metadata`` from every bind."""
+    app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+    state = app.extensions["sessionext"]
+    for key, metadata in _metadatas(app).items():
+        if not metadata.tables:
+            continue
+        metadata.drop_all(state.extension.get_engine(key))
+        label = "the default bind" if key is None else f"bind {key!r}"
+        click.echo(f"Dropped {len(metadata.tables)} table(s) from {label}.")
+
+
 def _describe(error: Exception, url: URL) -> str:
     """The driver's message for ``error`` on one line, without the password
     of ``url``, and a hint for a missing SQLite directory.

@@ -11,7 +11,9 @@ from flask.ctx import AppContext
 from sqlalchemy import event, orm
 
 from flask_sessionext import SessionExt, signals
-from flask_sessionext._compat import outside_transaction_block
+from flask_sessionext._compat import all_registries, outside_transaction_block
+
+from models import Base
 
 
 def test_transaction_block_attribute(app_ctx: AppContext, db: SessionExt) -> None:
@@ -71,3 +73,11 @@ def test_class_listener_after_receiver_came_and_went(
         event.remove(sa.Engine, "before_cursor_execute", listener)
     engine.dispose()
     assert statements == ["SELECT 42"]
+
+
+def test_all_registries(db: SessionExt) -> None:
+    """``all_registries()`` lists the registry of every declarative base."""
+    assert Base.registry in all_registries(), (
+        "sqlalchemy.orm.mapper._all_registries changed:"
+        " update flask_sessionext._compat.all_registries"
+    )

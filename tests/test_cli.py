@@ -1,0 +1,84 @@
+"""``flask sessionext create-all`` and ``drop-all``."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from flask import Flask
+
+from flask_sessionext import SessionExt
+
+from models import AuditBase, Base, OtherBase
+
+
+def _tables(engine: sa.Engine) -> set[str]:
+    """The names of the tables in the database of ``engine``."""
+    return set(sa.inspect(engine).get_table_names())
+
+
+def test_create_all_and_drop_all(app: Flask) -> None:
+    """create-all creates every bind's tables; drop-all --yes drops them."""
+    db = SessionExt(
+        app, metadata=[Base.metadata, OtherBase.metadata, AuditBase.metadata]
+    )
+    runner = app.test_cli_runner()
+    with app.app_context():
+        default, other = db.engine, db.get_engine("other")
+    result = runner.invoke(args=["sessionext", "create-all"])
+    try:
+        assert result.exit_code == 0, result.output
+        assert "Created 2 table(s) in bind 'other'." in result.output
+        assert {"users"} <= _tables(default)
+        assert not _tables(default) & {"items", "entries"}
+        assert {"items", "entries"} <= _tables(other)
+    finally:
+        result = runner.invoke(args=["sessionext", "drop-all", "--yes"])
+    assert result.exit_code == 0, result.output
+    assert "Dropped 1 table(s) from the default bind." in result.output
+    assert not _tables(default) & {"users", "items", "entries"}
+    assert not _tables(other) & {"users", "items", "entries"}
+    default.dispose()
+    other.dispose()
+
+
+def test_drop_all_asks(app: Flask) -> None:
+    """drop-all without --yes asks, and a "no" drops nothing."""
+    db = SessionExt(app, metadata=Base.metadata)
+    with app.app_context():
+        engine = db.engine
+        db.create_all()
+        engines = db.engines
+    result = app.test_cli_runner().invoke(args=["sessionext", "drop-all"], input="n\n")
+    try:
+        assert result.exit_code == 1
+        assert "Drop every table of every bind?" in result.output
+        assert "users" in _tables(engine)
+    finally:
+        with app.app_context():
+            db.drop_all()
+        for each in engines.values():
+            each.dispose()
+
+
+def test_create_all_without_metadata(app: Flask) -> None:
+    """create-all on an extension with no metadata is a one-line error."""
+    SessionExt(app)
+    result = app.test_cli_runner().invoke(args=["sessionext", "create-all"])
+    assert result.exit_code == 1
+    assert result.output == (
+        "Error: This SessionExt was given no metadata. Pass your declarative"
+        " base's metadata: 'SessionExt(metadata=Base.metadata)'.\n"
+    )
+
+
+def test_drop_all_unknown_bind_key(app: Flask) -> None:
+    """drop-all with a table of an unconfigured bind names it on one line."""
+    metadata = sa.MetaData(info={"bind_key": "archive"})
+    sa.Table("old", metadata, sa.Column("id", sa.Integer, primary_key=True))
+    SessionExt(app, metadata=metadata)
+    result = app.test_cli_runner().invoke(args=["sessionext", "drop-all", "--yes"])
+    assert result.exit_code == 1
+    assert result.output == (
+        "Error: Table 'old' names the bind key 'archive', which is not"
+        " configured; the known keys are None, 'other'. Add it to"
+        " 'SESSIONEXT_BINDS'.\n"
+    )
