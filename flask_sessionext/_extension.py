@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import typing as t
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -173,6 +174,9 @@ class SessionExt:
             ChangeTracker(bridge),
             recorder=recorder,
         )
+        # What SQLAlchemy holds of the app goes with it: its listeners (see
+        # Hooks.remove_all) and its pools' connections.
+        weakref.finalize(app, _release, hooks, list(engines.values()))
         app.teardown_appcontext(self._teardown_session)
         app.cli.add_command(cli)
         register(bridge)
@@ -497,6 +501,15 @@ class SessionExt:
             return self.session.execute(statement).scalar_one()
         except (sa_exc.NoResultFound, sa_exc.MultipleResultsFound):
             abort(404, description=description)
+
+
+def _release(hooks: Hooks, engines: list[sa.Engine]) -> None:
+    """Remove the listeners, and close the pooled connections, of an app that
+    was garbage-collected.
+    """
+    hooks.remove_all()
+    for engine in engines:
+        engine.dispose()
 
 
 def _synchronize_handler(

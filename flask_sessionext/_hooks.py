@@ -95,6 +95,19 @@ class Hooks:
                     self.pending.remove(hook)
                     self._uninstall(hook)
 
+    def remove_all(self) -> None:
+        """Remove every listener, when the app is gone.
+
+        SQLAlchemy's listener registry holds its targets strongly (the app's
+        Session class, and through it its engines and their pools): without
+        this, a dropped app would keep them, and their connections, for good.
+        """
+        with self._lock:
+            for hook in list(self._hooks.values()):
+                hook.handlers = ()
+                self._uninstall(hook)
+            self.pending.clear()
+
     def _uninstall(self, hook: _Hook) -> None:
         del self._hooks[(id(hook.target), hook.identifier)]
         event.remove(hook.target, hook.identifier, hook.listener)

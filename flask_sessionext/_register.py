@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import difflib
+import functools
+import inspect
 import typing as t
 
 from blinker import ANY, NamedSignal
-from blinker._utilities import make_id
 from flask import Flask
 
 from .signals import namespace
@@ -18,24 +19,40 @@ _TYPO_RATIO = 0.85
 class Registration:
     """What :meth:`SessionExt.register` connected; :meth:`disconnect` undoes it."""
 
-    def __init__(
-        self, connected: list[tuple[NamedSignal, t.Callable[..., t.Any], object]]
-    ) -> None:
-        self.connected = connected
+    def __init__(self) -> None:
+        #: The receivers connected, each a wrapper of this registration's own,
+        #: so that disconnecting one from every sender undoes exactly this
+        #: registration, and no reference to the app is kept.
+        self.connected: list[tuple[NamedSignal, t.Callable[..., t.Any]]] = []
 
     def __repr__(self) -> str:
-        names = ", ".join(signal.name for signal, _, _ in self.connected)
+        names = ", ".join(signal.name for signal, _ in self.connected)
         return f"<Registration of {names}>"
 
     def disconnect(self) -> None:
         """Disconnect every receiver that the registration connected."""
         while self.connected:
-            signal, receiver, sender = self.connected.pop()
-            signal.disconnect(receiver, sender=sender)
-            if sender is not ANY and not signal._by_receiver.get(make_id(receiver)):
-                # Disconnected from its last sender, Blinker still holds the
-                # receiver (strongly, here); let it go.
-                signal.disconnect(receiver)
+            signal, receiver = self.connected.pop()
+            signal.disconnect(receiver)
+
+
+def _receiver(method: t.Callable[..., t.Any]) -> t.Callable[..., t.Any]:
+    """A receiver of this registration's own that calls ``method``; async
+    when ``method`` is, and named like it in logs.
+    """
+    if inspect.iscoroutinefunction(method):
+
+        @functools.wraps(method)
+        async def receive_async(sender: object, **kwargs: t.Any) -> t.Any:
+            return await method(sender, **kwargs)
+
+        return receive_async
+
+    @functools.wraps(method)
+    def receive(sender: object, **kwargs: t.Any) -> t.Any:
+        return method(sender, **kwargs)
+
+    return receive
 
 
 def register(listener: object, app: Flask | None) -> Registration:
@@ -69,12 +86,13 @@ def register(listener: object, app: Flask | None) -> Registration:
             f" signal. Valid names: {', '.join(valid)}."
         )
     sender = ANY if app is None else app
-    registration = Registration([])
+    registration = Registration()
     try:
         for name in matching:
             signal = namespace[name]
-            signal.connect(methods[name], sender=sender, weak=False)
-            registration.connected.append((signal, methods[name], sender))
+            receiver = _receiver(methods[name])
+            signal.connect(receiver, sender=sender, weak=False)
+            registration.connected.append((signal, receiver))
     except BaseException:
         registration.disconnect()
         raise
