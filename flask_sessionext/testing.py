@@ -59,6 +59,14 @@ class _Block:
         ):
             warnings.warn(_UNCOVERED, stacklevel=2)
 
+    def attached(self, session: orm.Session, instance: object) -> None:
+        """``before_attach`` handler: remember each session that got an
+        object during the block, also one that never began a transaction
+        (only ``add()`` calls): left open, a teardown commit after the block
+        would flush its objects into the closed connection.
+        """
+        self.sessions.add(session)
+
     def close(self) -> None:
         """Close what the code under test left open; its work is rolled back
         with the outer transactions right after.
@@ -202,7 +210,10 @@ def rollback(app: Flask) -> Iterator[Flask]:
         ``join_transaction_mode="create_savepoint"``: a session's
         transaction is a SAVEPOINT, its commit releases it, its rollback
         rolls back to it. Session events, and the signals built on them,
-        fire as in production. Sessions still open at the end are closed.
+        fire as in production. Every session that began a transaction or
+        got an object in the block is closed at its end, so its pending
+        objects are gone too (an app or request context that outlives the
+        block, as pytest-flask's does, commits nothing of them at teardown).
         In the block, ``session.bind`` is the outer connection.
     -   :attr:`~SessionExt.engine`, :attr:`~SessionExt.engines` and
         :meth:`~SessionExt.get_engine` return stand-ins for the app's
@@ -261,7 +272,8 @@ def rollback(app: Flask) -> Iterator[Flask]:
         )
         state.testing_engines = MappingProxyType(engines)
         hooks: list[tuple[t.Any, str, t.Callable[..., None]]] = [
-            (maker.class_, "after_begin", block.track)
+            (maker.class_, "after_begin", block.track),
+            (maker.class_, "before_attach", block.attached),
         ]
         hooks += [(engine, "engine_connect", _warn_uncovered) for engine in outers]
         for target, identifier, handler in hooks:

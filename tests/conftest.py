@@ -4,6 +4,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+# pytester restores sys.modules after each of its tests, dropping modules
+# first imported during one; imported again later, SQLAlchemy's PostgreSQL
+# dialect registers its SQL functions twice and warns. Import it up front.
+import sqlalchemy.dialects.postgresql  # noqa: F401
 from flask import Flask
 from flask.ctx import AppContext
 

@@ -592,3 +592,42 @@ def test_rollback_without_pytest() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_rollback_closes_session_that_only_added(app: Flask, db: SessionExt) -> None:
+    """A session that only got ``add()`` calls in the block is closed at its
+    end, so a teardown commit after the block (pytest-flask's request context
+    outlives it) keeps nothing and does not fail.
+    """
+    app.config["SESSIONEXT_COMMIT_ON_TEARDOWN"] = True
+    with app.test_request_context():
+        with rollback(app):
+            db.session.add(User(name="not kept"))
+        assert list(db.session()) == []
+    with app.app_context():
+        assert count_rows(db.engine, "users") == 0
+        assert checked_out(db.engine) == 0
+
+
+def test_requests_in_a_pushed_request_context_share_a_session(
+    app: Flask, db: SessionExt
+) -> None:
+    """What docs/testing.rst says of pytest-flask: while a request context of
+    the app is pushed, client requests reuse its app context, so they share
+    one session and none is removed until that context ends.
+    """
+    seen: list[object] = []
+
+    @app.get("/session")
+    def session_id() -> str:
+        seen.append(db.session())
+        return "ok"
+
+    client = app.test_client()
+    with capture_signal(signals.session_removed, app) as removed:
+        with app.test_request_context():
+            client.get("/session")
+            client.get("/session")
+            assert removed == []
+        assert len(removed) == 1
+    assert seen[0] is seen[1]
