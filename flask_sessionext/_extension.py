@@ -129,6 +129,8 @@ class SessionExt:
         :raise RuntimeError: the app already has a :class:`SessionExt`.
         :raise ValueError: a configuration value is not accepted.
         :raise TypeError: a configuration value has the wrong type.
+        :raise KeyError: a table of ``metadata`` names a bind key that is not
+            configured.
         """
         if "sessionext" in app.extensions:
             raise RuntimeError(
@@ -142,8 +144,11 @@ class SessionExt:
             app, "SESSIONEXT_SESSION_OPTIONS", self._session_options
         )
         hooks = Hooks()
+        binds = _config.get_bind_configs(app, self._engine_options)
+        # Models imported after init_app are checked at their first use.
+        _schema.check_bind_keys(self._metadata, binds)
         engines: dict[str | None, sa.Engine] = {}
-        for key, bind in _config.get_bind_configs(app, self._engine_options).items():
+        for key, bind in binds.items():
             where = (
                 "SESSIONEXT_DATABASE_URI"
                 if key is None

@@ -7,7 +7,7 @@ from types import MappingProxyType
 
 import sqlalchemy as sa
 
-from ._compat import all_registries
+from ._scoping import bind_key_of, class_bind_keys, unknown_bind
 
 #: The message of every use of the schema when ``metadata=`` was not given.
 NO_METADATA = (
@@ -39,18 +39,30 @@ def check_metadata(
     )
 
 
-def _class_bind_keys() -> dict[sa.Table, str]:
-    """The ``__bind_key__`` of every mapped class that has one, by table."""
-    keys: dict[sa.Table, str] = {}
-    for registry in all_registries():
-        for mapper in registry.mappers:
-            key = getattr(mapper.class_, "__bind_key__", None)
-            if key is None:
-                continue
-            for table in mapper.tables:
-                if isinstance(table, sa.Table):
-                    keys.setdefault(table, key)
-    return keys
+def _bind_of(
+    table: sa.Table,
+    by_class: Mapping[sa.Table, tuple[str, str]],
+    known: list[str | None],
+) -> str | None:
+    key, owner = bind_key_of(table, by_class)
+    if key not in known:
+        raise KeyError(unknown_bind(known, key, owner))
+    return key
+
+
+def check_bind_keys(
+    sources: Iterable[sa.MetaData], bind_keys: Iterable[str | None]
+) -> None:
+    """Check that every table of ``sources`` goes to a configured bind.
+
+    :raise KeyError: a table, or the model that maps it, names a bind that is
+        not configured; the message names them, the key and the known keys.
+    """
+    known = list(bind_keys)
+    by_class = class_bind_keys()
+    for metadata in sources:
+        for table in metadata.tables.values():
+            _bind_of(table, by_class, known)
 
 
 def split_by_bind(
@@ -69,21 +81,13 @@ def split_by_bind(
     :raise ValueError: a foreign key refers to a table of another bind.
     """
     known = list(bind_keys)
-    by_class = _class_bind_keys()
+    by_class = class_bind_keys()
     groups: dict[str | None, list[sa.Table]] = {key: [] for key in known}
     owners: dict[str | None, list[sa.MetaData]] = {key: [] for key in known}
     where: dict[sa.Table, str | None] = {}
     for metadata in sources:
         for table in metadata.sorted_tables:
-            key = by_class.get(table, metadata.info.get("bind_key"))
-            if key not in groups:
-                names = ", ".join(repr(k) for k in known)
-                raise KeyError(
-                    f"Table {table.name!r} names the bind key {key!r}, which"
-                    f" is not configured; the known keys are {names}."
-                    " Add it to 'SESSIONEXT_BINDS'."
-                )
-            where[table] = key
+            key = where[table] = _bind_of(table, by_class, known)
             groups[key].append(table)
             if metadata not in owners[key]:
                 owners[key].append(metadata)

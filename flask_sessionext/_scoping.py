@@ -10,6 +10,8 @@ import sqlalchemy.orm as orm
 from flask.ctx import AppContext
 from flask.globals import _cv_app
 
+from ._compat import all_registries
+
 NO_APP_CONTEXT = (
     "Working outside of an application context: there is no Session to use."
     " Push one with 'with app.app_context():', or use the session inside a"
@@ -30,19 +32,15 @@ def app_ctx_scope() -> AppContext:
 
 class Session(orm.Session):
     """The Session of this package. Each app gets its own subclass, so its
-    class-level event listeners stay its own.
-    """
-
-
-class _RoutingSession(Session):
-    """The Session of an app with several binds: it carries the app's engines
-    and routes each mapped class to its bind.
+    class-level event listeners stay its own, and which carries the app's
+    engines and routes each statement to its bind.
     """
 
     #: The app's engines by bind key, set on each app's subclass.
     _sessionext_engines: t.ClassVar[Mapping[str | None, sa.Engine]] = {}
-    #: Mapper -> engine, filled on first use, for apps with several binds.
-    _sessionext_bind_cache: t.ClassVar[dict[orm.Mapper[t.Any], sa.Engine]] = {}
+    #: Mapped class, mapper or table -> the engine of its bind, filled on
+    #: first use.
+    _sessionext_routes: t.ClassVar[dict[object, sa.Engine]] = {}
     #: Engine -> the connection that stands in for it while
     #: :func:`flask_sessionext.testing.rollback` runs; empty otherwise.
     _sessionext_connections: t.ClassVar[dict[sa.Engine, sa.Connection]] = {}
@@ -55,67 +53,111 @@ class _RoutingSession(Session):
         bind: sa.Engine | sa.Connection | None = None,
         **kwargs: t.Any,
     ) -> sa.Engine | sa.Connection:
-        """Route a mapped class to the engine of its ``__bind_key__``, else of
-        its table's ``MetaData(info={"bind_key": ...})``, else the default.
+        """Route a mapped class, and a Core statement on a table, to the
+        engine of the class's ``__bind_key__``, else of the table's
+        ``MetaData(info={"bind_key": ...})``, else to the default engine.
+
+        :raise KeyError: the bind key is not configured for this app.
         """
         if bind is not None:
             return bind
-        if len(self._sessionext_engines) > 1:
-            engine = None
-            if mapper is not None:
-                engine = self._engine_for_mapper(mapper)
-            elif clause is not None:
-                engine = self._engine_for_clause(clause)
-            if engine is not None:
-                return self._sessionext_connections.get(engine, engine)
+        target: object = mapper
+        if target is None and clause is not None:
+            target = _table_of(clause)
+        if target is not None:
+            routes = self._sessionext_routes
+            try:
+                engine = routes[target]
+            except KeyError:
+                key, owner = bind_key_of(target)
+                engines = self._sessionext_engines
+                engine = routes[target] = engine_for_key(engines, key, owner)
+            return self._sessionext_connections.get(engine, engine)
         return super().get_bind(mapper, clause=clause, **kwargs)
 
-    def _engine_for_mapper(self, mapper: t.Any) -> sa.Engine | None:
-        cache = self._sessionext_bind_cache
-        if not isinstance(mapper, orm.Mapper):
-            mapper = sa.inspect(mapper)
-        try:
-            return cache[mapper]
-        except KeyError:
-            pass
-        key = getattr(mapper.class_, "__bind_key__", None)
-        if key is None:
-            table = mapper.local_table
-            if isinstance(table, sa.Table):
-                key = table.metadata.info.get("bind_key")
-        engine = cache[mapper] = engine_for_key(self._sessionext_engines, key)
-        return engine
 
-    def _engine_for_clause(self, clause: sa.ClauseElement) -> sa.Engine | None:
-        table: t.Any = None
-        if isinstance(clause, sa.Table):
-            table = clause
-        elif isinstance(clause, sa.UpdateBase):
-            table = clause.table
-        elif isinstance(clause, sa.Select):
-            table = next(iter(clause.get_final_froms()), None)
-        if isinstance(table, sa.Table) and "bind_key" in table.metadata.info:
-            return engine_for_key(
-                self._sessionext_engines, table.metadata.info["bind_key"]
-            )
+def _table_of(clause: sa.ClauseElement) -> sa.Table | None:
+    """The table a Core statement works on: its first ``FROM`` table."""
+    if isinstance(clause, sa.Table):
+        return clause
+    table: sa.FromClause | None
+    if isinstance(clause, sa.UpdateBase):
+        table = clause.table
+    elif isinstance(clause, sa.Select):
+        table = next(iter(clause.get_final_froms()), None)
+        while isinstance(table, sa.Join):
+            table = table.left
+    else:
         return None
+    return table if isinstance(table, sa.Table) else None
+
+
+def class_bind_keys() -> dict[sa.Table, tuple[str, str]]:
+    """The ``__bind_key__`` of every mapped class that has one, and the
+    class's name, by table.
+    """
+    keys: dict[sa.Table, tuple[str, str]] = {}
+    for registry in all_registries():
+        for mapper in registry.mappers:
+            key = getattr(mapper.class_, "__bind_key__", None)
+            if key is None:
+                continue
+            for table in mapper.tables:
+                if isinstance(table, sa.Table):
+                    keys.setdefault(table, (key, mapper.class_.__name__))
+    return keys
+
+
+def bind_key_of(
+    target: object, by_class: Mapping[sa.Table, tuple[str, str]] | None = None
+) -> tuple[str | None, str]:
+    """The bind key of a mapped class (or its mapper) or a table, and what
+    names it, for messages: the class's ``__bind_key__``, else (for a table,
+    that of the class mapping it, else) its ``MetaData``'s
+    ``info["bind_key"]``, else ``None``.
+
+    :param by_class: :func:`class_bind_keys`, when the caller has it already.
+    """
+    key: str | None
+    if isinstance(target, sa.Table):
+        of_class = (class_bind_keys() if by_class is None else by_class).get(target)
+        if of_class is not None:
+            return of_class[0], f"model {of_class[1]!r} (table {target.name!r})"
+        key = target.metadata.info.get("bind_key")
+        return key, f"table {target.name!r}"
+    mapper = target if isinstance(target, orm.Mapper) else sa.inspect(target)
+    name = f"model {mapper.class_.__name__!r}"
+    key = getattr(mapper.class_, "__bind_key__", None)
+    if key is None and isinstance(mapper.local_table, sa.Table):
+        key = mapper.local_table.metadata.info.get("bind_key")
+    return key, name
 
 
 def engine_for_key(
-    engines: Mapping[str | None, sa.Engine], key: str | None
+    engines: Mapping[str | None, sa.Engine], key: str | None, owner: str = ""
 ) -> sa.Engine:
     """The engine of bind ``key``.
 
+    :param owner: what names the key (``"model 'Note'"``), for the message.
     :raise KeyError: no bind has that key; the message lists the known ones.
     """
     try:
         return engines[key]
-    except KeyError:
-        known = ", ".join(repr(k) for k in engines)
-        raise KeyError(
-            f"No bind {key!r} is configured; the known bind keys are {known}."
-            " Add it to 'SESSIONEXT_BINDS'."
-        ) from None
+    except (KeyError, TypeError):  # TypeError: an unhashable key
+        raise KeyError(unknown_bind(engines, key, owner)) from None
+
+
+def unknown_bind(keys: t.Iterable[str | None], key: object, owner: str = "") -> str:
+    """The message for a bind key that is not configured; ``owner`` is what
+    names the key (``"model 'Note'"``), if anything.
+    """
+    known = ", ".join(repr(k) for k in keys)
+    what = (
+        f"The {owner} names the bind key {key!r}, which is not configured"
+        if owner
+        else f"No bind {key!r} is configured"
+    )
+    return f"{what}; the known bind keys are {known}. Add it to 'SESSIONEXT_BINDS'."
 
 
 def make_session_class(
@@ -125,19 +167,17 @@ def make_session_class(
 
     :raise TypeError: ``base`` is not a subclass of SQLAlchemy's Session.
     """
-    # A single bind needs no routing, and no get_bind() call of ours per query.
-    ours = _RoutingSession if len(engines) > 1 else Session
-    bases: tuple[type, ...] = (ours,)
+    bases: tuple[type, ...] = (Session,)
     if base is not None and base is not Session:
         if not (isinstance(base, type) and issubclass(base, orm.Session)):
             raise TypeError(
                 "The 'class_' session option must be a subclass of"
                 f" sqlalchemy.orm.Session, not {base!r}."
             )
-        bases = (ours, base)
+        bases = (Session, base)
     namespace = {
         "_sessionext_engines": engines,
-        "_sessionext_bind_cache": {},
+        "_sessionext_routes": {},
         "_sessionext_connections": {},
     }
     return t.cast(type[Session], type("Session", bases, namespace))

@@ -71,14 +71,16 @@ def test_create_all_without_metadata(app: Flask) -> None:
 
 
 def test_drop_all_unknown_bind_key(app: Flask) -> None:
-    """drop-all with a table of an unconfigured bind names it on one line."""
+    """drop-all with a table of an unconfigured bind, defined after
+    ``init_app``, names it on one line.
+    """
     metadata = sa.MetaData(info={"bind_key": "archive"})
-    sa.Table("old", metadata, sa.Column("id", sa.Integer, primary_key=True))
     SessionExt(app, metadata=metadata)
+    sa.Table("old", metadata, sa.Column("id", sa.Integer, primary_key=True))
     result = app.test_cli_runner().invoke(args=["sessionext", "drop-all", "--yes"])
     assert result.exit_code == 1
     assert result.output == (
-        "Error: Table 'old' names the bind key 'archive', which is not"
-        " configured; the known keys are None, 'other'. Add it to"
+        "Error: The table 'old' names the bind key 'archive', which is not"
+        " configured; the known bind keys are None, 'other'. Add it to"
         " 'SESSIONEXT_BINDS'.\n"
     )

@@ -175,14 +175,16 @@ def test_foreign_key_across_binds(app: Flask) -> None:
 
 
 def test_unknown_bind_key(app: Flask) -> None:
-    """A table of an unconfigured bind is a KeyError naming table and keys."""
+    """A table of an unconfigured bind, defined after ``init_app``, is a
+    KeyError naming table and keys.
+    """
     metadata = sa.MetaData(info={"bind_key": "archive"})
-    sa.Table("old", metadata, sa.Column("id", sa.Integer, primary_key=True))
     db = SessionExt(app, metadata=metadata)
+    sa.Table("old", metadata, sa.Column("id", sa.Integer, primary_key=True))
     with (
         app.app_context(),
         pytest.raises(
-            KeyError, match=r"Table 'old' names the bind key 'archive'.*None, 'other'"
+            KeyError, match=r"table 'old' names the bind key 'archive'.*None, 'other'"
         ),
     ):
         dict(db.metadatas)
