@@ -15,6 +15,7 @@ from flask_sessionext.signals import models_committed
 
 from ._shared import Base, Commits
 
+
 class CreateApp(t.Protocol):
     """The application factory that each test module defines."""
 
