@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from flask import Flask
+from flask_login import UserMixin
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from flask_sessionext import SessionExt
@@ -26,8 +27,9 @@ class Team(Base):
         return self.name
 
 
-class User(Base):
-    """A user, optionally in a team."""
+# Flask-Login ships no types, so its mixin is Any to mypy.
+class User(UserMixin, Base):  # type: ignore[misc]
+    """A user, optionally in a team, who can log in with Flask-Login."""
 
     __tablename__ = "client_users"
     id: Mapped[int] = mapped_column(primary_key=True)
