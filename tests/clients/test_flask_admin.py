@@ -8,6 +8,7 @@ import typing as t
 from collections.abc import Mapping
 
 import pytest
+import sqlalchemy as sa
 from flask import Flask
 from flask_admin import Admin
 from flask_admin.contrib.sqla import ModelView
@@ -58,8 +59,8 @@ def test_create_list_edit_delete(app: Flask, commits: Commits) -> None:
     assert b"ada@example.com" in listing.data
 
     with app.app_context():
-        user_id = db.session.query(User.id).scalar()
-        team_id = db.session.query(Team.id).scalar()
+        user_id = db.session.scalar(sa.select(User.id))
+        team_id = db.session.scalar(sa.select(Team.id))
     response = client.post(
         f"/admin/user/edit/?id={user_id}",
         data={"name": "ada lovelace", "email": "ada@example.com", "team": team_id},
