@@ -103,12 +103,6 @@ def test_client_in_rollback(
     assert names(app, "client_users") == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the rollback block leaves open a session that only got add() calls;"
-    " pytest-flask's request context outlives the block, and its teardown commit"
-    " flushes into the closed connection (ResourceClosedError)",
-)
 def test_client_in_rollback_commit_on_teardown(
     app: Flask, config: dict[str, t.Any], pytester: pytest.Pytester
 ) -> None:
