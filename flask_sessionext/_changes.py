@@ -19,12 +19,13 @@ import threading
 import typing as t
 import weakref
 
+import sqlalchemy as sa
 from flask import Flask
 from flask.globals import _cv_app
 from sqlalchemy import orm
 
 from ._bridge import AppBridge, on_receivers_changed, receiver_ref, report
-from ._compat import outside_transaction_block
+from ._compat import allow_commit, outside_transaction_block, refuse_commit
 from ._errors import collect_receiver_errors, receiver_failed
 from ._hooks import Handler
 from .signals import before_models_committed, models_committed
@@ -35,6 +36,14 @@ Levels = dict[orm.SessionTransaction, "_Level"]
 
 _LEVELS = "sessionext.levels"
 _COMMITTED = "sessionext.committed"
+#: The connections whose ``commit()`` is refused, in ``session.info``.
+_GUARDED = "sessionext.guarded"
+_CONNECTION_COMMIT = (
+    "'db.session.connection().commit()' would commit the session's work behind"
+    " its back: the session's transaction would stay open, models_committed"
+    " would not be sent and on_commit callbacks would be lost. Commit the"
+    " session instead: 'db.session.commit()'."
+)
 
 
 class _Level:
@@ -152,6 +161,7 @@ class ChangeTracker:
             wanted["after_flush"] = self._after_flush
             wanted["before_commit"] = self._before_commit
         if signals_wanted or self._waiting:
+            wanted["after_begin"] = self._after_begin
             wanted["after_commit"] = self._after_commit
             wanted["after_transaction_end"] = self._after_transaction_end
         for name in set(self.installed) - set(wanted):
@@ -177,6 +187,18 @@ class ChangeTracker:
                 self._waiting.add(session)
                 if "after_commit" not in self.installed:
                     self._sync()
+
+    def _after_begin(
+        self,
+        session: orm.Session,
+        transaction: orm.SessionTransaction,
+        connection: sa.Connection,
+    ) -> None:
+        # Committing the connection would commit the data but not the
+        # session's transaction: no signals, callbacks lost, and SQLAlchemy's
+        # "This transaction is inactive" at the session's next commit.
+        refuse_commit(connection, _CONNECTION_COMMIT)
+        session.info.setdefault(_GUARDED, []).append(connection)
 
     def _after_flush(self, session: orm.Session, flush_context: object) -> None:
         # The session still shows its pre-flush state here.
@@ -243,6 +265,8 @@ class ChangeTracker:
                 levels.clear()  # whatever a rollback left behind
         if transaction.parent is not None:
             return
+        for connection in session.info.pop(_GUARDED, ()):
+            allow_commit(connection)
         with self._lock:
             if session in self._waiting:
                 self._waiting.discard(session)

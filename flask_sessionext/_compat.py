@@ -89,3 +89,22 @@ def clear_event_flags(engine: sa.Engine) -> None:
     dialect = engine.dialect
     if not any(getattr(dialect.dispatch, name) for name in _DIALECT_EVENTS):
         vars(dialect).pop("_has_events", None)
+
+
+def refuse_commit(connection: sa.Connection, message: str) -> None:
+    """Make ``connection.commit()`` raise ``RuntimeError(message)`` until
+    :func:`allow_commit`, leaving its transaction as it is. Only the
+    connection's own ``commit()`` method is shadowed, on this instance: a
+    session commits through the ``Transaction`` objects it began, never
+    through it.
+    """
+
+    def commit() -> None:
+        raise RuntimeError(message)
+
+    connection.commit = commit  # type: ignore[method-assign]
+
+
+def allow_commit(connection: sa.Connection) -> None:
+    """Undo :func:`refuse_commit`."""
+    vars(connection).pop("commit", None)

@@ -11,7 +11,12 @@ from flask.ctx import AppContext
 from sqlalchemy import event, orm
 
 from flask_sessionext import SessionExt, signals
-from flask_sessionext._compat import all_registries, outside_transaction_block
+from flask_sessionext._compat import (
+    all_registries,
+    allow_commit,
+    outside_transaction_block,
+    refuse_commit,
+)
 
 from models import Base
 
@@ -81,3 +86,22 @@ def test_all_registries(db: SessionExt) -> None:
         "sqlalchemy.orm.mapper._all_registries changed:"
         " update flask_sessionext._compat.all_registries"
     )
+
+
+def test_connection_commit_refused_per_instance(
+    app_ctx: AppContext, db: SessionExt
+) -> None:
+    """A ``Connection`` takes a ``commit`` attribute of its own, which
+    ``refuse_commit`` relies on, and the session's commit does not call it.
+    """
+    connection = db.session.connection()
+    assert hasattr(connection, "__dict__"), (
+        "sqlalchemy.Connection has __slots__ now:"
+        " update flask_sessionext._compat.refuse_commit"
+    )
+    refuse_commit(connection, "refused")
+    with pytest.raises(RuntimeError, match=r"^refused$"):
+        connection.commit()
+    db.session.commit()
+    allow_commit(connection)
+    assert "commit" not in vars(connection)
