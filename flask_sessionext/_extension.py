@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import inspect
 import typing as t
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from types import MappingProxyType
 
 import sqlalchemy as sa
 import sqlalchemy.exc as sa_exc
 import sqlalchemy.orm as orm
-from flask import Flask, abort
+from flask import Flask, Response, abort
+from flask.ctx import AppContext
 
 from . import _config, _fork, _schema, _sqlite, recording
 from ._bridge import AppBridge, register, report
@@ -41,7 +43,7 @@ SESSION_EXECUTION_OPTIONS = (
 _DEPTH = "sessionext.transaction_depth"
 
 
-@dataclass(eq=False)
+@dataclasses.dataclass(eq=False)
 class _State:
     """What :class:`SessionExt` keeps for one app, in
     ``app.extensions["sessionext"]``.
@@ -59,6 +61,12 @@ class _State:
     testing_engines: Mapping[str | None, sa.Engine] | None = None
     #: Query recording, slow-query and ``Server-Timing`` settings.
     recorder: recording.Recorder | None = None
+    #: App contexts of streamed responses whose session outlives the
+    #: context's first teardown: ``"streaming"`` from the response until
+    #: that teardown, then ``"kept"`` until the stream ends.
+    streams: weakref.WeakKeyDictionary[AppContext, str] = dataclasses.field(
+        default_factory=weakref.WeakKeyDictionary
+    )
 
 
 class SessionExt:
@@ -182,6 +190,7 @@ class SessionExt:
         # What SQLAlchemy holds of the app goes with it: its listeners (see
         # Hooks.remove_all) and its pools' connections.
         weakref.finalize(app, _release, hooks, list(engines.values()))
+        app.after_request(self._keep_session_for_stream)
         app.teardown_appcontext(self._teardown_session)
         app.cli.add_command(cli)
         register(bridge)
@@ -206,9 +215,36 @@ class SessionExt:
             report(session_created, app, session=session)
         return session
 
+    def _keep_session_for_stream(self, response: Response) -> Response:
+        """Keep the session of a streamed response until the response is
+        closed: ``stream_with_context`` pushes the same app context again
+        while the body streams, after its first teardown, and the generator
+        must find the view's session and the objects it loaded.
+        """
+        if response.is_streamed and self._session.registry.has():
+            ctx = app_ctx_scope()
+            self._get_state(ctx.app).streams[ctx] = "streaming"
+            response.call_on_close(functools.partial(self._end_stream, ctx))
+        return response
+
+    def _end_stream(self, ctx: AppContext) -> None:
+        """At the close of a streamed response: remove the session kept for
+        it, if no teardown of its context did (the stream was never read, or
+        read without ``stream_with_context``).
+        """
+        if self._get_state(ctx.app).streams.get(ctx) == "kept":
+            with ctx:  # its teardown removes the session
+                pass
+
     def _teardown_session(self, exc: BaseException | None) -> None:
-        app = app_ctx_scope().app
+        ctx = app_ctx_scope()
+        app = ctx.app
         state = self._get_state(app)
+        if state.streams:
+            stream = state.streams.pop(ctx, None)
+            if stream == "streaming":  # the body has yet to stream
+                state.streams[ctx] = "kept"
+                return
         bridge = state.bridge
         if bridge.installed or bridge.hooks.pending:  # a safe point for removals
             bridge.collect()
