@@ -76,7 +76,7 @@ def test_stream_closed_early_removes_the_session(
     streaming_app.config["SESSIONEXT_COMMIT_ON_TEARDOWN"] = True
     with capture_signal(signals.session_removed, streaming_app) as removed:
         response = streaming_app.test_client().get("/stream", buffered=False)
-        assert next(response.response) == b"ada\n"
+        assert next(iter(response.response)) == b"ada\n"
         response.close()
     [(_, kwargs)] = removed
     assert isinstance(kwargs["exception"], GeneratorExit)
