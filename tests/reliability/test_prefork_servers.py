@@ -1,0 +1,179 @@
+"""Under real pre-fork servers (gunicorn ``--preload``, Celery's prefork
+pool), workers never use the connections their parent opened before forking.
+
+Each server runs as a subprocess on the suite's PostgreSQL server; the app
+connects in the parent at load time (see :mod:`._prefork_apps`).
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from ._prefork_apps import (
+    CELERY_DIR_ENV,
+    DATABASE_ENV,
+    PARENT_CONNECTIONS,
+    TASK_NAME,
+    ParentBackend,
+    Work,
+    create_celery,
+)
+from ._webapp import fixed_plan, free_port, load
+
+TESTS_DIR = str(Path(__file__).resolve().parent.parent)
+WORKERS = 4
+REQUESTS = 2000
+TASKS = 250
+#: What a request or task reports: its id, worker process and server process.
+Report = dict[str, int]
+
+
+@contextmanager
+def running(args: list[str], env: dict[str, str], log: Path) -> Iterator[int]:
+    """Run ``python -m args`` with ``env`` added, output to ``log``; yields
+    its PID, and stops it (SIGTERM, then SIGKILL) on exit.
+    """
+    python_path = os.pathsep.join(
+        [TESTS_DIR, *filter(None, [os.environ.get("PYTHONPATH")])]
+    )
+    full_env = {**os.environ, **env, "PYTHONPATH": python_path}
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+            cwd=log.parent,
+        )
+    try:
+        yield proc.pid
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def log_tail(log: Path, lines: int = 40) -> str:
+    """The last ``lines`` lines of ``log``."""
+    text = log.read_text(errors="replace")
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def wait_for_http(port: int, log: Path, timeout: float = 30.0) -> None:
+    """Wait until the server on ``port`` answers ``/health``."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        try:
+            conn.request("GET", "/health")
+            if conn.getresponse().status == 200:
+                return
+        except OSError:
+            time.sleep(0.1)
+        finally:
+            conn.close()
+    pytest.fail(f"the server did not answer within {timeout} s:\n{log_tail(log)}")
+
+
+def check_reports(url: str, reports: list[Report], expected: int, parent: int) -> None:
+    """Every request or task wrote its row exactly once, as it reported, from
+    several worker processes (none of them ``parent``), each on server
+    processes of its own, none of them one that the parent opened.
+    """
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            parent_backends = set(conn.scalars(sa.select(ParentBackend.backend)))
+            rows = conn.execute(sa.select(Work.rid, Work.pid, Work.backend)).all()
+    finally:
+        engine.dispose()
+    assert len(parent_backends) == PARENT_CONNECTIONS
+    assert sorted(r.rid for r in rows) == list(range(expected))
+    assert sorted((r.rid, r.pid, r.backend) for r in rows) == sorted(
+        (r["rid"], r["pid"], r["backend"]) for r in reports
+    )
+    workers_of: dict[int, set[int]] = {}
+    for row in rows:
+        workers_of.setdefault(row.backend, set()).add(row.pid)
+    shared = {b: pids for b, pids in workers_of.items() if len(pids) > 1}
+    assert not shared, f"server processes used by several workers: {shared}"
+    assert not parent_backends & set(workers_of), "a worker used the parent's"
+    workers = {row.pid for row in rows}
+    assert parent not in workers
+    assert len(workers) >= 2, f"only {workers} did the work"
+
+
+@pytest.mark.parametrize(
+    "worker_args",
+    [["--worker-class", "sync"], ["--worker-class", "gthread", "--threads", "4"]],
+    ids=["sync", "gthread"],
+)
+def test_gunicorn_preload(
+    postgres_url: str, tmp_path: Path, worker_args: list[str]
+) -> None:
+    """Under gunicorn ``--preload`` with several workers, every request of a
+    load succeeds and commits once, on connections of its worker's own.
+    """
+    port = free_port()
+    log = tmp_path / "gunicorn.log"
+    args = ["gunicorn", "--preload", "--workers", str(WORKERS), *worker_args]
+    args += ["--bind", f"127.0.0.1:{port}", "--graceful-timeout", "5"]
+    args += ["reliability._prefork_apps:create_app()"]
+    with running(args, {DATABASE_ENV: postgres_url}, log) as master:
+        wait_for_http(port, log)
+        results = load(port, fixed_plan(["work"] * REQUESTS), clients=16)
+    failed = [r for r in results if r.status != 200]
+    assert not failed, (
+        f"{len(failed)} of {len(results)} requests failed, e.g. "
+        f"{failed[0].error or failed[0].text[:200]!r}:\n{log_tail(log)}"
+    )
+    assert len(results) == REQUESTS
+    check_reports(postgres_url, [r.body for r in results], REQUESTS, master)
+
+
+def test_celery_prefork(postgres_url: str, tmp_path: Path) -> None:
+    """Under a Celery worker with the prefork pool, every task using
+    ``db.session`` in an app context succeeds and commits once, on
+    connections of its pool process's own.
+    """
+    folder = str(tmp_path / "celery")
+    log = tmp_path / "celery.log"
+    args = ["celery", "-A", "reliability._celery_worker:celery", "worker"]
+    args += ["-P", "prefork", "-c", str(WORKERS), "--loglevel", "INFO"]
+    args += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
+    args += ["-n", f"prefork-{os.getpid()}@127.0.0.1"]
+    env = {DATABASE_ENV: postgres_url, CELERY_DIR_ENV: folder}
+    client = create_celery(folder)
+    try:
+        with running(args, env, log) as worker:
+            sent = [client.send_task(TASK_NAME, args=[rid]) for rid in range(TASKS)]
+            end = time.monotonic() + 60
+            for result in sent:
+                result.get(
+                    timeout=max(end - time.monotonic(), 0.1),
+                    interval=0.02,
+                    propagate=False,
+                )
+        failed = [r for r in sent if not r.successful()]
+        assert not failed, (
+            f"{len(failed)} of {TASKS} tasks failed, e.g. {failed[0].result!r}:\n"
+            f"{log_tail(log)}"
+        )
+        reports = [r.result for r in sent]
+    finally:
+        client.close()
+    check_reports(postgres_url, reports, TASKS, worker)
