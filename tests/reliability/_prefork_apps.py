@@ -106,15 +106,17 @@ def celery_config(folder: str) -> dict[str, t.Any]:
     """The Celery configuration of both the worker and the test: a broker and
     a result store in ``folder``, no server needed.
     """
-    queue = os.path.join(folder, "queue")
-    results = os.path.join(folder, "results")
-    for path in (queue, results):
+    queue, control, results = (
+        os.path.join(folder, name) for name in ("queue", "control", "results")
+    )
+    for path in (queue, control, results):
         os.makedirs(path, exist_ok=True)
     return {
         "broker_url": "filesystem://",
         "broker_transport_options": {
             "data_folder_in": queue,
             "data_folder_out": queue,
+            "control_folder": control,
             "polling_interval": 0.02,
         },
         "broker_connection_retry_on_startup": True,
