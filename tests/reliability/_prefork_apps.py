@@ -137,15 +137,17 @@ def create_celery(folder: str, flask_app: Flask | None = None) -> Celery:
         celery.conf.update(config)
         return celery
 
+    app = flask_app
+
     class FlaskTask(Task):  # type: ignore[misc]
         def __call__(self, *args: object, **kwargs: object) -> object:
-            with flask_app.app_context():
+            with app.app_context():
                 return self.run(*args, **kwargs)
 
     celery = Celery(flask_app.name, task_cls=FlaskTask)
     celery.conf.update(config)
 
-    @celery.task(name=TASK_NAME)  # type: ignore[misc]
+    @celery.task(name=TASK_NAME)  # type: ignore[untyped-decorator]
     def work(rid: int) -> dict[str, int]:
         return do_work(rid)
 
