@@ -106,19 +106,42 @@ def fire(port: int, requests: int, clients: int = 16) -> list[Result]:
         return list(pool.map(one, range(requests)))
 
 
-def check_reports(url: str, reports: list[Report], expected: int, parent: int) -> None:
-    """Every request or task wrote its row exactly once, as it reported, from
-    several worker processes (none of them ``parent``), each on server
-    processes of its own, none of them one that the parent opened.
+def parent_connections(url: str) -> tuple[set[int], set[int]]:
+    """The server processes of the connections that the parent left in its
+    pool, and those of them still connected.
     """
     engine = sa.create_engine(url)
     try:
         with engine.connect() as conn:
-            parent_backends = set(conn.scalars(sa.select(ParentBackend.backend)))
+            parent = set(conn.scalars(sa.select(ParentBackend.backend)))
+            alive = set(
+                conn.scalars(
+                    sa.text("SELECT pid FROM pg_stat_activity WHERE pid = ANY(:pids)"),
+                    {"pids": list(parent)},
+                )
+            )
+    finally:
+        engine.dispose()
+    return parent, alive
+
+
+def check_reports(
+    url: str,
+    reports: list[Report],
+    expected: int,
+    parent: int,
+    parent_backends: set[int],
+) -> None:
+    """Every request or task wrote its row exactly once, as it reported, from
+    several worker processes (none of them ``parent``), each on server
+    processes of its own, none of them one of ``parent_backends``.
+    """
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
             rows = conn.execute(sa.select(Work.rid, Work.pid, Work.backend)).all()
     finally:
         engine.dispose()
-    assert len(parent_backends) == PARENT_CONNECTIONS
     assert sorted(r.rid for r in rows) == list(range(expected))
     assert sorted((r.rid, r.pid, r.backend) for r in rows) == sorted(
         (r["rid"], r["pid"], r["backend"]) for r in reports
@@ -154,13 +177,17 @@ def test_gunicorn_preload(
     with running(args, {DATABASE_ENV: postgres_url}, log) as master:
         wait_for_http(port, log)
         results = fire(port, REQUESTS)
+        parent_backends, alive = parent_connections(postgres_url)
     failed = [r for r in results if r.status != 200]
     assert not failed, (
         f"{len(failed)} of {len(results)} requests failed, e.g. "
         f"{failed[0].error or failed[0].text[:200]!r}:\n{log_tail(log)}"
     )
     assert len(results) == REQUESTS
-    check_reports(postgres_url, [r.body for r in results], REQUESTS, master)
+    assert len(parent_backends) == PARENT_CONNECTIONS
+    assert alive == parent_backends, "the workers closed the parent's connections"
+    reports = [r.body for r in results]
+    check_reports(postgres_url, reports, REQUESTS, master, parent_backends)
 
 
 def test_celery_prefork(postgres_url: str, tmp_path: Path) -> None:
@@ -186,6 +213,7 @@ def test_celery_prefork(postgres_url: str, tmp_path: Path) -> None:
                     interval=0.02,
                     propagate=False,
                 )
+            parent_backends, alive = parent_connections(postgres_url)
         failed = [r for r in sent if not r.successful()]
         assert not failed, (
             f"{len(failed)} of {TASKS} tasks failed, e.g. {failed[0].result!r}:\n"
@@ -194,4 +222,6 @@ def test_celery_prefork(postgres_url: str, tmp_path: Path) -> None:
         reports = [r.result for r in sent]
     finally:
         client.close()
-    check_reports(postgres_url, reports, TASKS, worker)
+    assert len(parent_backends) == PARENT_CONNECTIONS
+    assert alive == parent_backends, "the workers closed the parent's connections"
+    check_reports(postgres_url, reports, TASKS, worker, parent_backends)
