@@ -215,10 +215,8 @@ def test_celery_prefork(postgres_url: str, tmp_path: Path) -> None:
                 )
             parent_backends, alive = parent_connections(postgres_url)
         failed = [r for r in sent if not r.successful()]
-        assert not failed, (
-            f"{len(failed)} of {TASKS} tasks failed, e.g. {failed[0].result!r}:\n"
-            f"{log_tail(log)}"
-        )
+        errors = sorted({str(r.result)[:300] for r in failed})
+        assert not failed, f"{len(failed)} of {TASKS} tasks failed: {errors}"
         reports = [r.result for r in sent]
     finally:
         client.close()
