@@ -41,9 +41,11 @@ Report = dict[str, int]
 
 
 @contextmanager
-def running(args: list[str], env: dict[str, str], log: Path) -> Iterator[int]:
+def running(
+    args: list[str], env: dict[str, str], log: Path
+) -> Iterator[subprocess.Popen[bytes]]:
     """Run ``python -m args`` with ``env`` added, output to ``log``; yields
-    its PID, and stops it (SIGTERM, then SIGKILL) on exit.
+    the process, and stops it (SIGTERM, then SIGKILL) on exit.
     """
     python_path = os.pathsep.join(
         [TESTS_DIR, *filter(None, [os.environ.get("PYTHONPATH")])]
@@ -58,7 +60,7 @@ def running(args: list[str], env: dict[str, str], log: Path) -> Iterator[int]:
             cwd=log.parent,
         )
     try:
-        yield proc.pid
+        yield proc
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -74,10 +76,14 @@ def log_tail(log: Path, lines: int = 40) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def wait_for_http(port: int, log: Path, timeout: float = 30.0) -> None:
-    """Wait until the server on ``port`` answers ``/health``."""
+def wait_for_http(
+    proc: subprocess.Popen[bytes], port: int, log: Path, timeout: float = 30.0
+) -> None:
+    """Wait until the server ``proc`` answers ``/health`` on ``port``."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
+        if proc.poll() is not None:
+            pytest.fail(f"the server exited ({proc.returncode}):\n{log_tail(log)}")
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
         try:
             conn.request("GET", "/health")
@@ -175,7 +181,7 @@ def test_gunicorn_preload(
     args += ["--bind", f"127.0.0.1:{port}", "--graceful-timeout", "5"]
     args += ["reliability._prefork_apps:create_app()"]
     with running(args, {DATABASE_ENV: postgres_url}, log) as master:
-        wait_for_http(port, log)
+        wait_for_http(master, port, log)
         results = fire(port, REQUESTS)
         parent_backends, alive = parent_connections(postgres_url)
     failed = [r for r in results if r.status != 200]
@@ -187,7 +193,7 @@ def test_gunicorn_preload(
     assert len(parent_backends) == PARENT_CONNECTIONS
     assert alive == parent_backends, "the workers closed the parent's connections"
     reports = [r.body for r in results]
-    check_reports(postgres_url, reports, REQUESTS, master, parent_backends)
+    check_reports(postgres_url, reports, REQUESTS, master.pid, parent_backends)
 
 
 def test_celery_prefork(postgres_url: str, tmp_path: Path) -> None:
@@ -222,4 +228,4 @@ def test_celery_prefork(postgres_url: str, tmp_path: Path) -> None:
         client.close()
     assert len(parent_backends) == PARENT_CONNECTIONS
     assert alive == parent_backends, "the workers closed the parent's connections"
-    check_reports(postgres_url, reports, TASKS, worker, parent_backends)
+    check_reports(postgres_url, reports, TASKS, worker.pid, parent_backends)
