@@ -223,8 +223,15 @@ class SessionExt:
         """
         if response.is_streamed and self._session.registry.has():
             ctx = app_ctx_scope()
-            self._get_state(ctx.app).streams[ctx] = "streaming"
-            response.call_on_close(functools.partial(self._end_stream, ctx))
+            body = response.response
+            # Only a body that will push this context again, as the generator
+            # of stream_with_context does (Flask >= 3.1), holds it; any other
+            # streamed body (a file, an error page) runs without it.
+            if inspect.isgenerator(body) and any(
+                value is ctx for value in inspect.getgeneratorlocals(body).values()
+            ):
+                self._get_state(ctx.app).streams[ctx] = "streaming"
+                response.call_on_close(functools.partial(self._end_stream, ctx))
         return response
 
     def _end_stream(self, ctx: AppContext) -> None:

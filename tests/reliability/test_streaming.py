@@ -88,15 +88,29 @@ def test_stream_closed_early_removes_the_session(
 def test_stream_closed_after_first_chunk_removes_the_session(
     streaming_app: Flask, db: SessionExt
 ) -> None:
-    """A streamed response closed after the first chunk (which the test
-    client reads), with or without ``stream_with_context``, removes the
-    session once, at its close.
+    """A ``stream_with_context`` response closed after the first chunk
+    (which the test client reads) removes the session once, at its close.
     """
-    for path in ("/stream", "/plain"):
-        with capture_signal(signals.session_removed, streaming_app) as removed:
-            response = streaming_app.test_client().get(path, buffered=False)
-            response.close()
-        assert len(removed) == 1, path
+    with capture_signal(signals.session_removed, streaming_app) as removed:
+        response = streaming_app.test_client().get("/stream", buffered=False)
+        assert removed == []
+        response.close()
+    assert len(removed) == 1
     assert open_sessions(streaming_app, db) == 0
     with streaming_app.app_context():
         assert checked_out(db.engine) == 0
+
+
+def test_other_streams_remove_the_session_at_teardown(
+    streaming_app: Flask, db: SessionExt
+) -> None:
+    """A streamed body that does not hold the app context (a plain
+    iterator, an error page) keeps nothing: the session is removed when the
+    view returns, even if the response is never closed.
+    """
+    with capture_signal(signals.session_removed, streaming_app) as removed:
+        response = streaming_app.test_client().get("/plain", buffered=False)
+        assert len(removed) == 1
+    assert response.is_streamed
+    assert open_sessions(streaming_app, db) == 0
+    response.close()
