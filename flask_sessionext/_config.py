@@ -10,7 +10,7 @@ import sqlalchemy as sa
 import sqlalchemy.exc as sa_exc
 from flask import Flask
 from sqlalchemy.engine import URL
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.pool import QueuePool
 
 from . import _options
 from ._options import mask_url
@@ -144,7 +144,8 @@ def create_engine(app: Flask, where: str, options: dict[str, t.Any]) -> sa.Engin
     """Create an engine from a bind config of :func:`get_bind_configs`.
 
     Relative SQLite paths resolve against ``app.instance_path`` (created if
-    missing); in-memory SQLite shares one connection across threads; server
+    missing); in-memory SQLite has one connection, which threads take in
+    turn, one transaction at a time; server
     databases get ``pool_pre_ping`` unless the options say otherwise.
 
     :raise ValueError: the URL cannot be parsed, or names an unknown dialect or
@@ -199,8 +200,13 @@ def _sqlite_options(
 ) -> tuple[URL, dict[str, t.Any]]:
     database = url.database
     if database in (None, "", ":memory:") or (url.query.get("mode") == "memory"):
-        # One shared connection, so every thread sees the same database.
-        options.setdefault("poolclass", StaticPool)
+        # One connection, so every thread sees the same database, checked
+        # out by one session at a time: a transaction on it is shared by all
+        # its users, so another thread's commit would commit this one's work.
+        options.setdefault("poolclass", QueuePool)
+        if options["poolclass"] is QueuePool:
+            options.setdefault("pool_size", 1)
+            options.setdefault("max_overflow", 0)
         connect_args = dict(options.get("connect_args", {}))
         connect_args.setdefault("check_same_thread", False)
         options["connect_args"] = connect_args

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from flask import Flask
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.pool import QueuePool
 
 from flask_sessionext import SessionExt
 
@@ -51,11 +51,15 @@ def test_relative_sqlite_paths_resolve_against_instance(tmp_path: Path) -> None:
 
 
 def test_memory_sqlite_is_shared_across_threads(tmp_path: Path) -> None:
-    """An in-memory SQLite database uses one connection for every thread."""
+    """An in-memory SQLite database uses one connection, lent to one
+    session at a time.
+    """
     app = make_app(tmp_path, SESSIONEXT_DATABASE_URI="sqlite://")
     db = SessionExt(app)
     with app.app_context():
-        assert isinstance(db.engine.pool, StaticPool)
+        pool = db.engine.pool
+        assert isinstance(pool, QueuePool)
+        assert pool.size() == 1
 
 
 def test_engines_created_in_init_app_without_connecting(tmp_path: Path) -> None:
