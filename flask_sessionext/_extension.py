@@ -14,7 +14,7 @@ from types import MappingProxyType
 import sqlalchemy as sa
 import sqlalchemy.exc as sa_exc
 import sqlalchemy.orm as orm
-from flask import Flask, Response, abort
+from flask import Flask, Response, abort, after_this_request, has_request_context
 from flask.ctx import AppContext
 
 from . import _config, _fork, _schema, _sqlite, recording
@@ -190,7 +190,6 @@ class SessionExt:
         # What SQLAlchemy holds of the app goes with it: its listeners (see
         # Hooks.remove_all) and its pools' connections.
         weakref.finalize(app, _release, hooks, list(engines.values()))
-        app.after_request(self._keep_session_for_stream)
         app.teardown_appcontext(self._teardown_session)
         app.cli.add_command(cli)
         register(bridge)
@@ -211,6 +210,9 @@ class SessionExt:
     def _make_session(self, **kwargs: t.Any) -> Session:
         app = app_ctx_scope().app
         session = self._get_state(app).sessionmaker(**kwargs)
+        if has_request_context():
+            # Only requests that have a session pay for the check.
+            after_this_request(self._keep_session_for_stream)
         if session_created.receivers:
             report(session_created, app, session=session)
         return session
@@ -221,7 +223,7 @@ class SessionExt:
         while the body streams, after its first teardown, and the generator
         must find the view's session and the objects it loaded.
         """
-        if response.is_streamed and self._session.registry.has():
+        if response.is_streamed:
             ctx = app_ctx_scope()
             body = response.response
             # Only a body that will push this context again, as the generator
