@@ -22,6 +22,7 @@ from ._bridge import AppBridge, register, report
 from ._changes import ChangeTracker
 from ._compat import in_transaction_block
 from ._hooks import Hooks
+from ._receivers import collected, report_collected
 from ._register import Registration
 from ._register import register as register_listener
 from ._scoping import (
@@ -254,6 +255,8 @@ class SessionExt:
             if stream == "streaming":  # the body has yet to stream
                 state.streams[ctx] = "kept"
                 return
+        if collected:  # a weakly connected receiver died: say so
+            report_collected(app)
         bridge = state.bridge
         if bridge.installed or bridge.hooks.pending:  # a safe point for removals
             bridge.collect()

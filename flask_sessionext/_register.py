@@ -40,19 +40,25 @@ def _receiver(method: t.Callable[..., t.Any]) -> t.Callable[..., t.Any]:
     """A receiver of this registration's own that calls ``method``; async
     when ``method`` is, and named like it in logs.
     """
+    receiver: t.Callable[..., t.Any]
     if inspect.iscoroutinefunction(method):
 
         @functools.wraps(method)
         async def receive_async(sender: object, **kwargs: t.Any) -> t.Any:
             return await method(sender, **kwargs)
 
-        return receive_async
+        receiver = receive_async
+    else:
 
-    @functools.wraps(method)
-    def receive(sender: object, **kwargs: t.Any) -> t.Any:
-        return method(sender, **kwargs)
+        @functools.wraps(method)
+        def receive(sender: object, **kwargs: t.Any) -> t.Any:
+            return method(sender, **kwargs)
 
-    return receive
+        receiver = receive
+    # It takes what the method takes: the check made when it connects reads
+    # the receiver's own signature, not that of what it wraps.
+    t.cast(t.Any, receiver).__signature__ = inspect.signature(method)
+    return receiver
 
 
 def register(listener: object, app: Flask | None) -> Registration:

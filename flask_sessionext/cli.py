@@ -15,6 +15,7 @@ from flask.cli import AppGroup
 from sqlalchemy.engine import URL
 
 from ._options import mask_url
+from ._receivers import receiver_name
 from .signals import CATALOG, namespace
 
 #: What ``check`` runs: SQLAlchemy renders it for every dialect.
@@ -23,12 +24,6 @@ _TRIVIAL = sa.select(sa.literal(1))
 _PASSWORD_RE = re.compile(r"(password\s*=\s*)('[^']*'|\S+)", re.IGNORECASE)
 
 cli = AppGroup("sessionext", help="Flask-SessionExt: signals and databases.")
-
-
-def _qualname(receiver: t.Callable[..., t.Any]) -> str:
-    qualname = getattr(receiver, "__qualname__", repr(receiver))
-    module = getattr(receiver, "__module__", None)
-    return f"{module}.{qualname}" if module else qualname
 
 
 def catalog_rst() -> str:
@@ -48,7 +43,12 @@ def catalog_rst() -> str:
 
 
 @cli.command("signals")
-def signals_command() -> None:
+@click.option(
+    "--connected",
+    is_flag=True,
+    help="List only the signals that have receivers for this app.",
+)
+def signals_command(connected: bool) -> None:
     """List every signal, the SQLAlchemy event it bridges and the receivers
     connected to it for this app.
     """
@@ -57,8 +57,12 @@ def signals_command() -> None:
     for name, signal in namespace.items():
         entry = CATALOG.get(name)
         event = entry.qualname if entry else "(this extension)"
-        receivers = ", ".join(sorted(_qualname(r) for r in signal.receivers_for(app)))
-        rows.append((name, event, receivers or "-"))
+        names = sorted(receiver_name(r) for r in signal.receivers_for(app))
+        if names or not connected:
+            rows.append((name, event, ", ".join(names) or "-"))
+    if len(rows) == 1:
+        click.echo("No signal has a receiver for this app.")
+        return
     widths = [max(len(row[i]) for row in rows) for i in range(2)]
     for name, event, receivers in rows:
         click.echo(f"{name.ljust(widths[0])}  {event.ljust(widths[1])}  {receivers}")

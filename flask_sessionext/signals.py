@@ -23,7 +23,7 @@ from sqlalchemy.engine.events import ConnectionEvents, DialectEvents
 from sqlalchemy.orm import SessionEvents
 from sqlalchemy.pool.events import PoolEvents
 
-__all__ = ["CATALOG", "BridgedEvent", "namespace"]
+__all__ = ["CATALOG", "EXTENSION_KWARGS", "BridgedEvent", "namespace"]
 
 #: The namespace of every signal of this package.
 namespace = Namespace()
@@ -217,3 +217,13 @@ slow_query = namespace.signal(
     " :class:`~flask_sessionext.QueryRecord`. A receiver's exception is logged"
     " on ``app.logger`` and the other receivers still run.",
 )
+
+#: The keyword arguments each of the extension's own signals sends, by name;
+#: a bridged signal's are :attr:`BridgedEvent.kwargs`.
+EXTENSION_KWARGS: dict[str, tuple[str, ...]] = {
+    "session_created": ("session",),
+    "session_removed": ("session", "exception"),
+    "before_models_committed": ("changes",),
+    "models_committed": ("changes",),
+    "slow_query": ("query",),
+}

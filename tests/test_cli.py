@@ -1,11 +1,14 @@
-"""``flask sessionext create-all`` and ``drop-all``."""
+"""``flask sessionext create-all``, ``drop-all`` and ``signals --connected``."""
 
 from __future__ import annotations
 
+import typing as t
+
+import pytest
 import sqlalchemy as sa
 from flask import Flask
 
-from flask_sessionext import SessionExt
+from flask_sessionext import SessionExt, signals
 
 from models import AuditBase, Base, OtherBase
 
@@ -84,3 +87,51 @@ def test_drop_all_unknown_bind_key(app: Flask) -> None:
         " configured; the known bind keys are None, 'other'. Add it to"
         " 'SESSIONEXT_BINDS'.\n"
     )
+
+
+def _on_created(app: Flask, session: sa.orm.Session) -> None:
+    """A receiver of ``session_created`` for the ``signals`` tests."""
+
+
+def _on_anything(app: Flask, **kwargs: t.Any) -> None:
+    """A receiver of any signal for the ``signals`` tests."""
+
+
+@pytest.mark.parametrize("database", ["sqlite"])
+def test_signals_connected(app: Flask) -> None:
+    """``signals --connected`` lists only the signals with receivers for the
+    app, those connected for every sender included.
+    """
+    app.config["SESSIONEXT_RECORD_QUERIES"] = False  # no receivers of its own
+    SessionExt(app)
+    other = Flask("other")
+    with (
+        signals.session_created.connected_to(_on_created, app),
+        signals.before_flush.connected_to(_on_anything),
+        signals.after_commit.connected_to(_on_anything, other),
+    ):
+        result = app.test_cli_runner().invoke(
+            args=["sessionext", "signals", "--connected"]
+        )
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].split() == ["signal", "SQLAlchemy", "event", "receivers"]
+    assert [line.split()[0] for line in lines[1:]] == [
+        "before_flush",
+        "session_created",
+    ]
+    assert lines[2].split()[1:] == [
+        "(this",
+        "extension)",
+        "test_cli._on_created",
+    ]
+
+
+@pytest.mark.parametrize("database", ["sqlite"])
+def test_signals_connected_none(app: Flask) -> None:
+    """``signals --connected`` says so when no signal has a receiver."""
+    app.config["SESSIONEXT_RECORD_QUERIES"] = False
+    SessionExt(app)
+    result = app.test_cli_runner().invoke(args=["sessionext", "signals", "--connected"])
+    assert result.exit_code == 0, result.output
+    assert result.output == "No signal has a receiver for this app.\n"
