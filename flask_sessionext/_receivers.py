@@ -2,12 +2,13 @@
 
 Each signal's ``receiver_connected`` runs :func:`on_connected`, which refuses
 a receiver that cannot take what the signal sends (it disconnects it and
-raises :exc:`TypeError`, which Blinker passes on), and watches a function defined in
-another function or a lambda connected weakly: if it is garbage-collected
-while connected, as a receiver connected with a plain ``connect()`` in an
-application factory is when the factory returns, the next app-context
-teardown logs a warning naming it (:func:`report_collected`). Blinker says
-nothing when that happens, and the receiver simply never runs again.
+raises :exc:`TypeError`, which Blinker passes on), and watches a function
+defined in another function, or a lambda, connected weakly: if it is
+garbage-collected while connected, as a receiver connected with a plain
+``connect()`` in an application factory is when the factory returns, the
+next app-context teardown logs a warning naming it
+(:func:`report_collected`). Blinker says nothing when that happens, and the
+receiver simply never runs again.
 """
 
 from __future__ import annotations
