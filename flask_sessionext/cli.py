@@ -15,7 +15,7 @@ from flask.cli import AppGroup
 from sqlalchemy.engine import URL
 
 from ._options import mask_url
-from ._receivers import receiver_name
+from ._receivers import receiver_name, report_collected
 from .signals import CATALOG, namespace
 
 #: What ``check`` runs: SQLAlchemy renders it for every dialect.
@@ -53,6 +53,8 @@ def signals_command(connected: bool) -> None:
     connected to it for this app.
     """
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+    # Before the list, not after it: the receivers it misses are named first.
+    report_collected(app)
     rows = [("signal", "SQLAlchemy event", "receivers")]
     for name, signal in namespace.items():
         entry = CATALOG.get(name)

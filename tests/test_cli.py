@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import gc
+import logging
 import typing as t
 
 import pytest
 import sqlalchemy as sa
 from flask import Flask
+from flask.logging import wsgi_errors_stream
 
 from flask_sessionext import SessionExt, signals
 
@@ -135,3 +138,36 @@ def test_signals_connected_none(app: Flask) -> None:
     result = app.test_cli_runner().invoke(args=["sessionext", "signals", "--connected"])
     assert result.exit_code == 0, result.output
     assert result.output == "No signal has a receiver for this app.\n"
+
+
+@pytest.mark.parametrize("database", ["sqlite"])
+def test_signals_names_collected_receivers(app: Flask) -> None:
+    """``signals`` first logs the receivers that were garbage-collected while
+    connected, which its list cannot show.
+    """
+    app.config["SESSIONEXT_RECORD_QUERIES"] = False
+    SessionExt(app)
+
+    def connect_in_factory() -> None:
+        def on_created(app: Flask, session: sa.orm.Session) -> None:
+            pass
+
+        signals.session_created.connect(on_created, sender=app)
+
+    connect_in_factory()
+    gc.collect()
+    # Flask's own handler writes to the runner's stderr; pytest's replaces it.
+    handler = logging.StreamHandler(t.cast(t.TextIO, wsgi_errors_stream))
+    app.logger.addHandler(handler)
+    result = app.test_cli_runner().invoke(args=["sessionext", "signals", "--connected"])
+    app.logger.removeHandler(handler)
+    assert result.exit_code == 0, result.output
+    warning, listing = result.output.splitlines()
+    assert warning.endswith(
+        "connect_in_factory.<locals>.on_created' of signal 'session_created'"
+        " was garbage-collected while connected, so it no longer runs: Blinker"
+        " holds a receiver weakly unless told otherwise, and a function defined"
+        " inside another one dies when that one returns. Connect it with"
+        " 'weak=False' (or 'connect_via(app)'), or define it at module level."
+    )
+    assert listing == "No signal has a receiver for this app."
