@@ -42,11 +42,12 @@ def replaces_pre_ping(
     url: URL, options: Mapping[str, t.Any], after_idle: float
 ) -> bool:
     """Whether an engine of ``url`` and engine ``options`` gets the check of
-    this module instead of ``pool_pre_ping``: its driver is psycopg, the
-    options do not set ``pool_pre_ping`` themselves, and ``after_idle`` (the
-    value of ``SESSIONEXT_PING_AFTER_IDLE``) is not ``0``.
+    this module instead of ``pool_pre_ping``: its driver is psycopg (and no
+    ``module`` option puts another DBAPI in its place), the options do not set
+    ``pool_pre_ping`` themselves, and ``after_idle`` (the value of
+    ``SESSIONEXT_PING_AFTER_IDLE``) is not ``0``.
     """
-    if not after_idle or "pool_pre_ping" in options:
+    if not after_idle or "pool_pre_ping" in options or "module" in options:
         return False
     try:
         dialect = url.get_dialect()
