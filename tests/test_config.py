@@ -7,6 +7,7 @@ import re
 import typing as t
 from pathlib import Path
 
+import psycopg
 import pytest
 import sqlalchemy as sa
 from flask import Flask
@@ -100,8 +101,9 @@ def test_server_databases_get_pool_pre_ping(tmp_path: Path) -> None:
 
 def test_psycopg_gets_the_liveness_check(tmp_path: Path) -> None:
     """A psycopg engine has the checkout check instead of ``pool_pre_ping``,
-    unless its options set ``pool_pre_ping`` or the threshold is 0; it shares
-    the one checkout listener with the receivers of ``checkout``.
+    unless its options set ``pool_pre_ping`` or another DBAPI ``module``, or
+    the threshold is 0; it shares the one checkout listener with the
+    receivers of ``checkout``.
     """
     app = make_app(
         tmp_path,
@@ -109,6 +111,7 @@ def test_psycopg_gets_the_liveness_check(tmp_path: Path) -> None:
         SESSIONEXT_BINDS={
             "own": {"url": "postgresql+psycopg://u@127.0.0.1/y", "pool_pre_ping": True},
             "off": {"url": "postgresql://u@127.0.0.1/z", "pool_pre_ping": False},
+            "module": {"url": "postgresql+psycopg://u@127.0.0.1/m", "module": psycopg},
         },
     )
     db = SessionExt(app)
@@ -118,9 +121,10 @@ def test_psycopg_gets_the_liveness_check(tmp_path: Path) -> None:
         None: False,
         "own": True,
         "off": False,
+        "module": True,
     }
-    assert [len(pools[key].dispatch.checkout) for key in pools] == [1, 0, 0]
-    assert [len(pools[key].dispatch.checkin) for key in pools] == [1, 0, 0]
+    assert [len(pools[key].dispatch.checkout) for key in pools] == [1, 0, 0, 0]
+    assert [len(pools[key].dispatch.checkin) for key in pools] == [1, 0, 0, 0]
     with signals.checkout.connected_to(lambda sender, **kw: None, sender=app):
         assert len(pools[None].dispatch.checkout) == 1
         assert len(pools["own"].dispatch.checkout) == 1
