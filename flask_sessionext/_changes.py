@@ -15,17 +15,19 @@ callback waits in one of its sessions.
 
 from __future__ import annotations
 
+import functools
 import threading
 import typing as t
 import weakref
+from inspect import iscoroutinefunction
 
 from flask import Flask
 from flask.globals import _cv_app
 from sqlalchemy import orm
 
-from ._bridge import AppBridge, on_receivers_changed, receiver_ref, report
+from ._bridge import AppBridge, on_receivers_changed, receiver_ref, report, run_async
 from ._compat import outside_transaction_block
-from ._errors import collect_receiver_errors, receiver_failed
+from ._errors import collect_receiver_errors, receiver_failed, receiver_interrupted
 from ._hooks import Handler
 from .signals import before_models_committed, models_committed
 
@@ -204,7 +206,7 @@ class ChangeTracker:
         if level is not None and level.changes:
             before_models_committed.send(
                 app,
-                _async_wrapper=app.ensure_sync,
+                _async_wrapper=functools.partial(functools.partial, run_async, app),
                 changes=list(level.changes.values()),
             )
 
@@ -280,9 +282,15 @@ class ChangeTracker:
         try:
             for func, args, kwargs in callbacks:
                 try:
-                    app.ensure_sync(func)(*args, **kwargs)
+                    if iscoroutinefunction(func):
+                        run_async(app, func, *args, **kwargs)
+                    else:
+                        func(*args, **kwargs)
                 except Exception as e:
                     receiver_failed(app, "on_commit", func, e)
+                except BaseException as e:
+                    receiver_interrupted(app, "on_commit", func, e)
+                    return
         finally:
             if ctx is not None:
                 ctx.pop()
