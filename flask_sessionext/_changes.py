@@ -80,7 +80,7 @@ class _Committed:
         self,
         transaction: orm.SessionTransaction,
         callbacks: list[Callback],
-        errors: list[Exception],
+        errors: list[BaseException],
     ) -> None:
         self.transaction = transaction
         self.callbacks = callbacks
