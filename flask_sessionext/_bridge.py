@@ -14,6 +14,7 @@ next connect or disconnect, or the next app-context teardown
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import threading
 import typing as t
@@ -253,7 +254,9 @@ def _handler(
             except BaseException as e:
                 if propagates:
                     if on_veto is not None:
-                        on_veto(*args)
+                        # The receiver's exception is the one to raise.
+                        with contextlib.suppress(Exception):
+                            on_veto(*args)
                     raise
                 if isinstance(e, Exception):
                     receiver_failed(app, name, receiver, e)
@@ -305,7 +308,9 @@ def run_async(
 
 def report(signal: NamedSignal, app: Flask, **kwargs: t.Any) -> None:
     """Send ``signal`` for something that already happened: every receiver
-    runs, and an exception of one is handed to :func:`receiver_failed`.
+    runs, and an exception of one is handed to :func:`receiver_failed`; an
+    interrupt (a ``BaseException`` that is no ``Exception``) skips the rest
+    and is handed to :func:`receiver_interrupted`.
     """
     if signal.is_muted:
         return
