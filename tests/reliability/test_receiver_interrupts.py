@@ -5,6 +5,7 @@ interrupt still stops the request, and the next request works.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import typing as t
@@ -14,7 +15,7 @@ import sqlalchemy as sa
 from flask import Flask
 from test_signals import NOT_ON_SQLITE, TRIGGERS
 
-from flask_sessionext import SessionExt
+from flask_sessionext import SessionExt, signals
 from flask_sessionext.signals import CATALOG
 
 from helpers import checked_out, open_sessions
@@ -100,3 +101,58 @@ def test_interrupt_in_receiver_leaks_no_connection(
     )
     assert logged is not CATALOG[name].propagates
     gc.collect()  # a DBAPI connection left open warns here, failing this test
+
+
+@pytest.mark.parametrize("interrupt", INTERRUPTS, ids=lambda e: e.__name__)
+@pytest.mark.parametrize(
+    "name", ["checkin", "reset", "after_commit", "models_committed", "on_commit"]
+)
+def test_interrupt_during_a_commit_is_raised_after_it(
+    app: Flask,
+    db: SessionExt,
+    name: str,
+    interrupt: type[BaseException],
+) -> None:
+    """An interrupt raised by a receiver (or an ``on_commit`` callback) while
+    ``db.session.commit()`` runs comes out of ``commit()`` once it has
+    completed: the row is stored, no connection is checked out, and the next
+    request works.
+    """
+    app.config.update(TESTING=False, SESSIONEXT_RAISE_RECEIVER_ERRORS=False)
+    engine = app.extensions["sessionext"].engines[None]
+    raised: list[str] = []
+    state: dict[str, int] = {}
+
+    def interrupt_once(*args: t.Any, **kwargs: t.Any) -> None:
+        if not raised:
+            raised.append(name)
+            raise interrupt("stop right there")
+
+    @app.post("/users/<user>")
+    def add(user: str) -> list[str]:
+        db.session.add(User(name=user))
+        if name == "on_commit":
+            db.on_commit(interrupt_once)
+        try:
+            db.session.commit()
+        except interrupt:
+            state["checked out after commit"] = checked_out(engine)
+            raise
+        return list(db.session.scalars(sa.select(User.name).order_by(User.id)))
+
+    client = app.test_client()
+    connected = (
+        contextlib.nullcontext()
+        if name == "on_commit"
+        else signals.namespace[name].connected_to(interrupt_once, app)
+    )
+    with connected:
+        with pytest.raises(interrupt, match="stop right there"):
+            client.post("/users/ada")
+        response = client.post("/users/lin")
+    assert raised == [name]
+    assert state == {"checked out after commit": 0}
+    assert checked_out(engine) == 0
+    assert open_sessions(app, db) == 0
+    assert response.status_code == 200
+    assert response.json == ["ada", "lin"]
