@@ -15,18 +15,20 @@ callback waits in one of its sessions.
 
 from __future__ import annotations
 
+import functools
 import threading
 import typing as t
 import weakref
+from inspect import iscoroutinefunction
 
 import sqlalchemy as sa
 from flask import Flask
 from flask.globals import _cv_app
 from sqlalchemy import orm
 
-from ._bridge import AppBridge, on_receivers_changed, receiver_ref, report
+from ._bridge import AppBridge, on_receivers_changed, receiver_ref, report, run_async
 from ._compat import allow_commit, outside_transaction_block, refuse_commit
-from ._errors import collect_receiver_errors, receiver_failed
+from ._errors import collect_receiver_errors, receiver_failed, receiver_interrupted
 from ._hooks import Handler
 from .signals import before_models_committed, models_committed
 
@@ -87,7 +89,7 @@ class _Committed:
         self,
         transaction: orm.SessionTransaction,
         callbacks: list[Callback],
-        errors: list[Exception],
+        errors: list[BaseException],
     ) -> None:
         self.transaction = transaction
         self.callbacks = callbacks
@@ -226,7 +228,7 @@ class ChangeTracker:
         if level is not None and level.changes:
             before_models_committed.send(
                 app,
-                _async_wrapper=app.ensure_sync,
+                _async_wrapper=functools.partial(functools.partial, run_async, app),
                 changes=list(level.changes.values()),
             )
 
@@ -304,9 +306,15 @@ class ChangeTracker:
         try:
             for func, args, kwargs in callbacks:
                 try:
-                    app.ensure_sync(func)(*args, **kwargs)
+                    if iscoroutinefunction(func):
+                        run_async(app, func, *args, **kwargs)
+                    else:
+                        func(*args, **kwargs)
                 except Exception as e:
                     receiver_failed(app, "on_commit", func, e)
+                except BaseException as e:
+                    receiver_interrupted(app, "on_commit", func, e)
+                    return
         finally:
             if ctx is not None:
                 ctx.pop()
