@@ -17,8 +17,9 @@ cli = AppGroup("example", help="Jobs of the example app.")
 @click.option("--days", default=30, show_default=True, help="Archived for longer.")
 def purge_old(days: int) -> None:
     """Delete archived tasks created more than DAYS ago."""
-    from . import db
+    from . import db, prepare_database
 
+    prepare_database()
     cutoff = now() - dt.timedelta(days=days)
     with db.session_scope() as session:
         old = session.scalars(

@@ -205,14 +205,47 @@ def create_engine(
             " 'postgresql+psycopg' or 'mysql+pymysql'."
         ) from e
     except ImportError as e:
-        raise ValueError(
-            f"'{where}' uses the driver of '{url.drivername}', which is not"
-            f" installed ({e}). Install it, or name an installed driver in the"
-            " URL, for example 'postgresql+psycopg://...'."
-        ) from e
+        # Not chained: the driver's own message is quoted, and its traceback
+        # through SQLAlchemy's dialect loading would bury this one line.
+        raise ValueError(_missing_driver(where, url, e)) from None
     except _options.OPTION_ERRORS as e:
         error = _options.engine_error(app, where, url, options, e)
         raise error from _options.cause(e, url.password)
+
+
+#: The distribution to install for a driver module that is missing.
+_DRIVER_PACKAGES = {
+    "psycopg": "'Flask-SessionExt[postgresql]'",
+    "psycopg2": "psycopg2-binary",
+    "asyncpg": "asyncpg",
+    "pg8000": "pg8000",
+    "pymysql": "PyMySQL",
+    "MySQLdb": "mysqlclient",
+    "mysql": "mysql-connector-python",
+    "mariadb": "mariadb",
+    "aiomysql": "aiomysql",
+    "asyncmy": "asyncmy",
+    "aiosqlite": "aiosqlite",
+    "oracledb": "oracledb",
+    "cx_Oracle": "cx_Oracle",
+    "pyodbc": "pyodbc",
+    "pymssql": "pymssql",
+}
+
+
+def _missing_driver(where: str, url: URL, error: ImportError) -> str:
+    """One line naming the package that provides the driver of ``url``."""
+    module = (error.name or url.get_dialect().driver).partition(".")[0]
+    package = _DRIVER_PACKAGES.get(module)
+    install = (
+        f"pip install {package}"
+        if package
+        else f"install the package that provides the module '{module}'"
+    )
+    return (
+        f"'{where}' uses '{url.drivername}', whose driver is not installed"
+        f" ({error}); {install}, or name an installed driver in the URL."
+    )
 
 
 def _sqlite_options(

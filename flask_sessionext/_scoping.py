@@ -31,9 +31,9 @@ def app_ctx_scope() -> AppContext:
 
 
 class Session(orm.Session):
-    """The Session of this package. Each app gets its own subclass, so its
-    class-level event listeners stay its own, and which carries the app's
-    engines and routes each statement to its bind.
+    """The Session of this package. Each app gets its own subclass, which
+    keeps the app's class-level event listeners apart from other apps',
+    carries the app's engines and routes each statement to its bind.
     """
 
     #: The app's engines by bind key, set on each app's subclass.

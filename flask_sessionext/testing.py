@@ -283,30 +283,32 @@ def rollback(app: Flask) -> Iterator[Flask]:
         yield app
 
 
-# rollback() and capture_signal() serve unittest and scripts too, which may
-# run without pytest installed.
+def sessionext_rollback(app: Flask) -> Iterator[Flask]:
+    """Run the test in :func:`rollback` on the app of the ``app`` fixture
+    (the pytest-flask convention), so everything it commits is rolled
+    back at its end, whether it passed, failed or raised. Yields the app.
+
+    Use it in a test, or in an autouse fixture of ``conftest.py``::
+
+        @pytest.fixture(autouse=True)
+        def _rollback(sessionext_rollback):
+            pass  # every test runs in transactions that are rolled back
+
+    :param app: the ``app`` fixture of the test session.
+    """
+    with rollback(app):
+        yield app
+
+
+# The module serves unittest and scripts too, which may run without pytest
+# installed (and so do Sphinx and ``from flask_sessionext.testing import *``):
+# the fixture is a plain generator function there.
 try:
     import pytest
 except ImportError:
     pass
 else:
-
-    @pytest.fixture
-    def sessionext_rollback(app: Flask) -> Iterator[Flask]:
-        """Run the test in :func:`rollback` on the app of the ``app`` fixture
-        (the pytest-flask convention), so everything it commits is rolled
-        back at its end, whether it passed, failed or raised. Yields the app.
-
-        Use it in a test, or in an autouse fixture of ``conftest.py``::
-
-            @pytest.fixture(autouse=True)
-            def _rollback(sessionext_rollback):
-                pass  # every test runs in transactions that are rolled back
-
-        :param app: the ``app`` fixture of the test session.
-        """
-        with rollback(app):
-            yield app
+    sessionext_rollback = pytest.fixture(sessionext_rollback)
 
 
 @contextmanager

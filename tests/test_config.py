@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 import typing as t
 from pathlib import Path
 
@@ -226,7 +227,7 @@ def test_session_options_class_must_be_a_session(tmp_path: Path) -> None:
         ),
         (
             f"mysql+pymysql://u:{PASSWORD}@h/x",
-            "driver of 'mysql\\+pymysql', which is not installed",
+            "'mysql\\+pymysql', whose driver is not installed .* pip install PyMySQL",
         ),
     ],
 )
@@ -235,6 +236,25 @@ def test_bad_url(tmp_path: Path, uri: str, match: str) -> None:
     app = make_app(tmp_path, SESSIONEXT_DATABASE_URI=uri)
     with pytest.raises(ValueError, match=match) as info:
         SessionExt(app)
+    assert_no_password(info.value)
+
+
+def test_missing_driver_names_the_package_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A missing PostgreSQL driver is one line that names the extra to
+    install, without the driver's traceback or the password.
+    """
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # as if not installed
+    uri = f"postgresql+psycopg://u:{PASSWORD}@127.0.0.1/x"
+    app = make_app(tmp_path, SESSIONEXT_DATABASE_URI=uri)
+    with pytest.raises(
+        ValueError, match=r"pip install 'Flask-SessionExt\[postgresql\]'"
+    ) as info:
+        SessionExt(app)
+    assert "\n" not in str(info.value)
+    assert info.value.__cause__ is None
+    assert info.value.__suppress_context__
     assert_no_password(info.value)
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import inspect
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import flask_sessionext
@@ -69,3 +71,48 @@ def test_public_names_are_documented() -> None:
         if not name.startswith("_"):
             assert inspect.getdoc(member), name
     assert ".. sessionext-signals::" in api
+
+
+def test_ci_builds_the_docs_as_the_readme_says() -> None:
+    """``.ci/run`` builds the documentation with README.rst's command,
+    verbatim, in a virtualenv of its own with only the docs extra.
+    """
+    readme = (ROOT / "README.rst").read_text()
+    [command] = [
+        line.strip()
+        for line in readme.splitlines()
+        if "sphinx-build" in line and line.startswith("    ")
+    ]
+    assert "pip install -q '.[docs]'" in command
+    assert command.startswith("python3 -m venv ")
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert command in ci
+
+
+def test_api_reference_imports_without_pytest() -> None:
+    """Every name that ``docs/api.rst`` documents imports where pytest is not
+    installed, as in a virtualenv with only the docs extra.
+    """
+    api = (DOCS / "api.rst").read_text()
+    names: list[str] = []
+    module = ""
+    for kind, name in re.findall(r"^\.\. (auto\w+|module):: (\S+)", api, re.MULTILINE):
+        if kind in ("module", "automodule"):
+            module = name
+            names.append(name)
+        else:
+            names.append(f"{module}.{name}")
+    code = (
+        "import importlib, sys\n"
+        "sys.modules['pytest'] = None\n"
+        f"for name in {names!r}:\n"
+        "    module, _, attribute = name.rpartition('.')\n"
+        "    try:\n"
+        "        importlib.import_module(name)\n"
+        "    except ImportError:\n"
+        "        getattr(importlib.import_module(module), attribute)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr

@@ -16,7 +16,10 @@ An example fails when it raises, and when a receiver's error is logged while
 it runs (the app logs and swallows those of reporting signals), unless an
 rst comment ``.. example: logs receiver errors`` stands right above it.
 Blocks in other languages do not run, so Python is always spelled
-``python``, and a literal block must say its language.
+``python``, and a literal block must say its language. A document's
+``.. include::`` of a part of another document (``:start-after:``,
+``:end-before:``) brings that part's blocks into the document, where they
+run in its order, named ``path (included:LINE)``.
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ _OPTION = re.compile(r"^ *:(?P<name>[\w-]+):(?: +(?P<value>.*?))? *$")
 _FILE_COMMENT = re.compile(r"^ *\.\. file: (?P<name>\S+) *$")
 _LOGS_ERRORS = ".. example: logs receiver errors"
 _FILE_NAME = re.compile(r"^[\w./-]+\.py$")
+_INCLUDE = re.compile(r"^\.\. include:: +(?P<path>\S+) *$")
 
 
 @dataclass(frozen=True)
@@ -73,18 +77,60 @@ class Block:
     #: The file the block is written to, or ``None`` when it runs.
     file: str | None = None
     logs_errors: bool = False
+    #: The document that holds the code, when ``document`` includes it.
+    source: Path | None = None
 
     @property
     def location(self) -> str:
         """``path:LINE``, relative to the repository."""
-        return f"{self.document.relative_to(ROOT).as_posix()}:{self.line}"
+        document = self.document.relative_to(ROOT).as_posix()
+        if self.source is None:
+            return f"{document}:{self.line}"
+        return f"{document} ({self.source.relative_to(ROOT).as_posix()}:{self.line})"
+
+
+def _lines(document: Path) -> list[tuple[str, Path, int]]:
+    """Each line of ``document`` with the file and 1-based line it comes
+    from, with the parts that it includes from other documents in place.
+    """
+    lines = document.read_text(encoding="utf-8").splitlines()
+    result: list[tuple[str, Path, int]] = []
+    index = 0
+    while index < len(lines):
+        match = _INCLUDE.match(lines[index])
+        if match is None:
+            result.append((lines[index], document, index + 1))
+            index += 1
+            continue
+        options: dict[str, str] = {}
+        index += 1
+        while index < len(lines) and (option := _OPTION.match(lines[index])):
+            options[option["name"]] = option["value"] or ""
+            index += 1
+        included = (document.parent / match["path"]).resolve()
+        text = included.read_text(encoding="utf-8")
+        begin = 0
+        if "start-after" in options:
+            begin = text.index(options["start-after"]) + len(options["start-after"])
+        end = (
+            text.index(options["end-before"], begin)
+            if "end-before" in options
+            else None
+        )
+        first = text.count("\n", 0, begin)
+        part = text[begin:end].split("\n")
+        result.extend(
+            (line, included, first + number + 1) for number, line in enumerate(part)
+        )
+    return result
 
 
 def parse(document: Path) -> tuple[list[Block], list[int]]:
     """The code blocks of ``document``, and the lines of literal blocks
     (``::``) that do not say their language.
     """
-    lines = document.read_text(encoding="utf-8").splitlines()
+    numbered = _lines(document)
+    lines = [line for line, _, _ in numbered]
     blocks: list[Block] = []
     untyped: list[int] = []
     index = 0
@@ -94,7 +140,7 @@ def parse(document: Path) -> tuple[list[Block], list[int]]:
         if match is None:
             stripped = line.strip()
             if stripped.endswith("::") and not stripped.startswith(".."):
-                untyped.append(index + 1)
+                untyped.append(numbered[index][2])
             index += 1
             continue
         indent = len(match["indent"])
@@ -126,14 +172,16 @@ def parse(document: Path) -> tuple[list[Block], list[int]]:
             if _FILE_NAME.match(caption)
             else None
         )
+        _, source, number = numbered[start] if start < len(numbered) else numbered[-1]
         blocks.append(
             Block(
                 document,
-                start + 1,
+                number,
                 match["language"] or "",
                 textwrap.dedent("\n".join(body)) + "\n",
                 file,
                 logs_errors,
+                None if source == document else source,
             )
         )
     return blocks, untyped
@@ -237,7 +285,8 @@ def _python_blocks(document: Path) -> list[Block]:
 def _execute(block: Block, run: _Run) -> None:
     """Run ``block`` in ``run``, or write the file it names."""
     padded = "\n" * (block.line - 1) + block.code
-    code = compile(padded, str(block.document), "exec", dont_inherit=True)
+    filename = str(block.source or block.document)
+    code = compile(padded, filename, "exec", dont_inherit=True)
     if block.file is None:
         error = None
         try:

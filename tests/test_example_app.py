@@ -28,7 +28,7 @@ ROOT = Path(__file__).parents[1]
 # flask_sessionext still wins over the source tree.
 sys.path.append(str(ROOT))
 
-from example_app import create_app, db  # noqa: E402
+from example_app import create_app, db, prepare_database  # noqa: E402
 from example_app.models import AuditEntry, Base, Task, now  # noqa: E402
 
 
@@ -43,6 +43,8 @@ def example(
         server: PostgresServer = request.getfixturevalue("postgres")
         uri = server.create_database("example_app")
     app = create_app({"TESTING": True, "SESSIONEXT_DATABASE_URI": uri})
+    with app.app_context():
+        prepare_database()  # what the first request does
     yield app
     with app.app_context():
         engine = db.engine
@@ -247,3 +249,28 @@ def test_under_a_real_wsgi_server(tmp_path: Path) -> None:
         server.wait(timeout=10)
         log.close()
     assert server.returncode is not None
+
+
+def test_check_reports_an_unreachable_database() -> None:
+    """``flask sessionext check`` runs on the example app whose database is
+    down, and says so in one line without the password.
+    """
+    port = _free_port()
+    url = f"postgresql+psycopg://app:s3cret@127.0.0.1:{port}/tasks"
+    result = subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "example_app", "sessionext", "check"],
+        cwd=ROOT,
+        env=dict(os.environ, FLASK_SESSIONEXT_DATABASE_URI=url),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert result.stderr.startswith(
+        "Error: Cannot connect to the default bind"
+        f" (postgresql+psycopg://app:***@127.0.0.1:{port}/tasks): "
+    )
+    assert "s3cret" not in result.stderr

@@ -136,9 +136,9 @@ CASES = [
         "driver not installed",
         init(SESSIONEXT_DATABASE_URI=f"mysql+pymysql://u:{PW}@h/x"),
         ValueError,
-        r"'SESSIONEXT_DATABASE_URI' uses the driver of 'mysql\+pymysql',"
-        r" which is not installed",
-        r"Install it, or name an installed driver",
+        r"'SESSIONEXT_DATABASE_URI' uses 'mysql\+pymysql', whose driver is"
+        r" not installed",
+        r"pip install PyMySQL, or name an installed driver",
     ),
     Case(
         "unparsable bind URL",
