@@ -23,6 +23,7 @@ from werkzeug.wrappers import Response
 
 from .audit import notify
 from .models import Task, User
+from .pages import plural
 
 bp = Blueprint("tasks", __name__)
 
@@ -135,7 +136,9 @@ def archive_done() -> Response:
     """Archive every done task with one ORM-enabled UPDATE.
 
     The tasks loaded before it reflect the change without a reload, by the
-    app's ``SESSIONEXT_SYNCHRONIZE_SESSION`` setting.
+    app's ``SESSIONEXT_SYNCHRONIZE_SESSION`` setting. It writes no audit
+    entry: a bulk UPDATE bypasses the unit of work, so ``models_committed``
+    does not report it.
     """
     from . import db
 
@@ -150,9 +153,12 @@ def archive_done() -> Response:
     db.session.commit()
     setting = current_app.config.get("SESSIONEXT_SYNCHRONIZE_SESSION", "auto")
     flash(
-        f"Archived {result.rowcount} done task(s) with one UPDATE. {synchronized}"
-        f" of the {len(loaded)} loaded before it showed archived=True without a"
-        f" reload (SESSIONEXT_SYNCHRONIZE_SESSION = {setting!r})."
+        f"Archived {plural(result.rowcount, 'done task')} with one UPDATE."
+        f" {synchronized} of the {plural(len(loaded), 'task')} loaded before it"
+        f" showed archived=True without a reload (SESSIONEXT_SYNCHRONIZE_SESSION"
+        f" = {setting!r}). The audit log has no rows for it: a bulk UPDATE"
+        " bypasses the session's change tracking, so models_committed does not"
+        " see it."
     )
     return redirect(url_for("tasks.archive"))
 
