@@ -10,6 +10,8 @@ sys.path.insert(0, str(Path(__file__).parent / "_ext"))
 # Project --------------------------------------------------------------
 
 project = "Flask-SessionExt"
+# As in LICENSE; the footer shows it.
+copyright = "2026, Flask-SessionExt contributors"
 release = importlib.metadata.version("Flask-SessionExt")
 version = release.partition(".dev")[0]
 

@@ -10,6 +10,9 @@
     The tables of ``benchmarks/results/results.md``, which
     ``python -m benchmarks`` writes; a note saying how to make them when the
     file is missing.
+
+It also gives the code in table cells places to wrap, so that tables fit
+the page without breaking a name inside a word: see :func:`break_points`.
 """
 
 from __future__ import annotations
@@ -28,6 +31,11 @@ from flask_sessionext.signals import namespace
 
 RESULTS = Path(__file__).parents[2] / "benchmarks" / "results" / "results.md"
 _SPECIAL = re.compile(r"([\\*`_|])")
+#: Where code in a table cell may wrap: after a dot, an underscore, a slash or
+#: a comma, and before an opening parenthesis; in the signal catalog, after a
+#: dot only, so that signal and event names stay whole.
+_BREAKS = re.compile(r"(?<=[._/,])(?=[^\s._/,)])|(?<=\w)(?=\((?!\)))")
+_CATALOG_BREAKS = re.compile(r"(?<=\.)(?=\w)")
 
 
 class _GeneratedDirective(SphinxDirective):
@@ -49,7 +57,7 @@ class CatalogDirective(_GeneratedDirective):
     """The catalog table of the bridged signals."""
 
     def lines(self) -> list[str]:
-        return [".. rst-class:: wrap-code catalog", "", *catalog_rst().splitlines()]
+        return [".. rst-class:: catalog", "", *catalog_rst().splitlines()]
 
 
 class SignalsDirective(_GeneratedDirective):
@@ -152,7 +160,31 @@ def _list_table(title: str, header: list[str], rows: list[list[str]]) -> list[st
     return [*out, ""]
 
 
+def break_points(app: Sphinx, doctree: nodes.document, docname: str) -> None:
+    """Put a ``<wbr>`` at each place where code in a table cell may wrap.
+
+    A code literal never wraps inside its words (Sphinx's ``span.pre`` is
+    ``white-space: nowrap``), so a long name would widen its table past the
+    page; breaking it anywhere would split words. These break points are
+    invisible and are not copied with the text.
+    """
+    if app.builder.format != "html":
+        return
+    for table in list(doctree.findall(nodes.table)):
+        pattern = _CATALOG_BREAKS if "catalog" in table["classes"] else _BREAKS
+        for literal in list(table.findall(nodes.literal)):
+            for text in list(literal.findall(nodes.Text)):
+                parts = pattern.split(str(text))
+                if len(parts) == 1:
+                    continue
+                pieces: list[nodes.Node] = [nodes.Text(parts[0])]
+                for part in parts[1:]:
+                    pieces += [nodes.raw("", "<wbr>", format="html"), nodes.Text(part)]
+                text.parent.replace(text, pieces)
+
+
 def setup(app: Sphinx) -> dict[str, t.Any]:
+    app.connect("doctree-resolved", break_points)
     app.add_directive("sessionext-catalog", CatalogDirective)
     app.add_directive("sessionext-signals", SignalsDirective)
     app.add_directive("sessionext-benchmarks", BenchmarksDirective)
