@@ -2,7 +2,7 @@
 
 ``.. sessionext-catalog::``
     The signal catalog table, made by ``flask_sessionext.cli.catalog_rst()``
-    from ``flask_sessionext.signals.CATALOG`` (the README holds the same).
+    from ``flask_sessionext.signals.CATALOG``.
 ``.. sessionext-signals::``
     A ``.. data::`` entry for each signal of ``flask_sessionext.signals``,
     with the docstring the catalog generates.
