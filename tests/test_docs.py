@@ -157,3 +157,18 @@ def test_table_code_wraps_only_between_words() -> None:
         "SESSIONEXT_|RECORD_|QUERIES",
         "create_|engine()",
     ]
+
+
+def test_intersphinx_inventories_are_local() -> None:
+    """Every intersphinx inventory is a file of the repository, since the
+    builds run without network, and is a Sphinx inventory.
+    """
+    conf: dict[str, object] = {"__file__": str(DOCS / "conf.py")}
+    exec((DOCS / "conf.py").read_text(), conf)
+    mapping = conf["intersphinx_mapping"]
+    assert isinstance(mapping, dict)
+    assert set(mapping) == {"flask", "sqlalchemy", "blinker"}
+    for name, (url, inventory) in mapping.items():
+        assert url.startswith("https://"), name
+        path = DOCS / inventory
+        assert path.read_bytes().startswith(b"# Sphinx inventory version 2\n"), name

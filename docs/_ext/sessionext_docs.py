@@ -23,6 +23,7 @@ from pathlib import Path
 
 from docutils import nodes
 from docutils.statemachine import StringList
+from sphinx import addnodes
 from sphinx.application import Sphinx
 from sphinx.util.docutils import SphinxDirective
 
@@ -53,11 +54,53 @@ class _GeneratedDirective(SphinxDirective):
         return list(container.children)
 
 
+#: The module of each SQLAlchemy event class, for links to its reference.
+_EVENT_MODULES = {
+    "SessionEvents": "sqlalchemy.orm",
+    "ConnectionEvents": "sqlalchemy.events",
+    "PoolEvents": "sqlalchemy.events",
+    "DialectEvents": "sqlalchemy.events",
+}
+
+
 class CatalogDirective(_GeneratedDirective):
-    """The catalog table of the bridged signals."""
+    """The catalog table of the bridged signals, each signal linked to its
+    entry in the API reference and each event to SQLAlchemy's.
+    """
 
     def lines(self) -> list[str]:
         return [".. rst-class:: catalog", "", *catalog_rst().splitlines()]
+
+    def run(self) -> list[nodes.Node]:
+        result = super().run()
+        for node in result:
+            for literal in list(node.findall(nodes.literal)):
+                target = _catalog_target(literal.astext())
+                if target is None:
+                    continue
+                reftype, name = target
+                xref = addnodes.pending_xref(
+                    "",
+                    refdomain="py",
+                    reftype=reftype,
+                    reftarget=name,
+                    refexplicit=True,
+                    refwarn=False,
+                )
+                xref += literal.deepcopy()
+                literal.replace_self(xref)
+        return result
+
+
+def _catalog_target(text: str) -> tuple[str, str] | None:
+    """The Python object that a catalog cell names, as (role, target)."""
+    event_class, dot, _ = text.partition(".")
+    if dot:
+        module = _EVENT_MODULES.get(event_class)
+        return ("meth", f"{module}.{text}") if module else None
+    if text in namespace:
+        return ("data", f"flask_sessionext.signals.{text}")
+    return None
 
 
 class SignalsDirective(_GeneratedDirective):
