@@ -41,6 +41,12 @@ def _form_title() -> str:
     return title[:200]
 
 
+def _task(ident: int) -> Task:
+    from . import db
+
+    return db.get_or_404(Task, ident, description=f"There is no task #{ident}.")
+
+
 def _owner() -> User | None:
     from . import db
 
@@ -83,9 +89,8 @@ def create() -> Response:
 @bp.get("/tasks/<int:ident>")
 def detail(ident: int) -> str:
     """One task."""
-    from . import db
 
-    return render_template("task.html", task=db.get_or_404(Task, ident))
+    return render_template("task.html", task=_task(ident))
 
 
 @bp.route("/tasks/<int:ident>/edit", methods=["GET", "POST"])
@@ -93,7 +98,7 @@ def edit(ident: int) -> str | Response:
     """Edit a task's title, notes, owner and state."""
     from . import db
 
-    task = db.get_or_404(Task, ident)
+    task = _task(ident)
     if request.method == "GET":
         users = db.session.scalars(sa.select(User).order_by(User.name)).all()
         return render_template("edit.html", task=task, users=users)
@@ -112,7 +117,7 @@ def toggle(ident: int) -> Response:
     from . import db
 
     with db.transaction():
-        task = db.get_or_404(Task, ident)
+        task = _task(ident)
         task.done = not task.done
     return redirect(request.referrer or url_for("tasks.board"))
 
@@ -122,7 +127,7 @@ def delete(ident: int) -> Response:
     """Delete a task."""
     from . import db
 
-    task = db.get_or_404(Task, ident)
+    task = _task(ident)
     title = task.title
     db.session.delete(task)
     db.on_commit(notify, f"Task deleted: {title}")

@@ -233,7 +233,7 @@ def test_docs_sections_exist() -> None:
 @pytest.mark.parametrize(
     ("method", "path", "status", "message"),
     [
-        ("GET", "/tasks/999", 404, "Not Found"),
+        ("GET", "/tasks/999", 404, "There is no task #999."),
         ("POST", "/tasks", 400, "A task needs a title."),
         ("GET", "/tasks/1/toggle", 405, "Method Not Allowed"),
     ],
