@@ -21,7 +21,7 @@ from flask import Flask, current_app, g
 
 from flask_sessionext import SessionExt
 
-from . import audit, pool_stats, timing, views
+from . import audit, pages, pool_stats, timing, views
 from .cli import cli
 from .flush_log import FlushLogger
 from .models import Base, Task, User
@@ -54,6 +54,7 @@ def create_app(config: t.Mapping[str, t.Any] | None = None) -> Flask:
     audit.init_app(app)
     pool_stats.init_app(app)
     timing.init_app(app)
+    pages.init_app(app)
     app.register_blueprint(views.bp)
     app.cli.add_command(cli)
     return app
