@@ -50,7 +50,8 @@ def create_app(config: t.Mapping[str, t.Any] | None = None) -> Flask:
     db.init_app(app)
     app.extensions["example_database"] = _Database()
     app.before_request(prepare_database)
-    db.register(FlushLogger(), app=app)
+    # The handle disconnects the logger, for whoever drops the app.
+    app.extensions["example_flush_log"] = db.register(FlushLogger(), app=app)
     audit.init_app(app)
     pool_stats.init_app(app)
     timing.init_app(app)
