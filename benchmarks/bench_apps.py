@@ -119,7 +119,7 @@ def _raw(url: str) -> Adapter:
 def _sessionext(url: str, full: bool, ping: bool = True) -> Adapter:
     app = Flask("sessionext_full" if full else "sessionext")
     app.config["SESSIONEXT_DATABASE_URI"] = url
-    if not ping:  # the default pings server databases at every checkout
+    if not ping:  # no pool_pre_ping, nor the liveness check that replaces it
         app.config["SESSIONEXT_ENGINE_OPTIONS"] = {"pool_pre_ping": False}
     if full:
         app.config["SESSIONEXT_RECORD_QUERIES"] = True

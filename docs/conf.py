@@ -10,6 +10,8 @@ sys.path.insert(0, str(Path(__file__).parent / "_ext"))
 # Project --------------------------------------------------------------
 
 project = "Flask-SessionExt"
+# As in LICENSE; the footer shows it.
+copyright = "2026, Flask-SessionExt contributors"
 release = importlib.metadata.version("Flask-SessionExt")
 version = release.partition(".dev")[0]
 
@@ -18,13 +20,26 @@ version = release.partition(".dev")[0]
 default_role = "code"
 extensions = [
     "sphinx.ext.autodoc",
+    "sphinx.ext.intersphinx",
     "pallets_sphinx_themes",
     "sessionext_docs",
 ]
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
 autodoc_preserve_defaults = True
-exclude_patterns = ["_build"]
+exclude_patterns = ["_build", "_inventories"]
+
+# Builds run without network: the inventories are in the repository (see
+# _inventories/README.rst for how they were made), each with the address of
+# the documentation it describes.
+intersphinx_mapping = {
+    name: (url, f"_inventories/{name}.inv")
+    for name, url in {
+        "flask": "https://flask.palletsprojects.com/en/stable/",
+        "sqlalchemy": "https://docs.sqlalchemy.org/en/20/",
+        "blinker": "https://blinker.readthedocs.io/en/stable/",
+    }.items()
+}
 
 # HTML -----------------------------------------------------------------
 

@@ -21,7 +21,7 @@ from flask import Flask, current_app, g
 
 from flask_sessionext import SessionExt
 
-from . import audit, pool_stats, timing, views
+from . import audit, pages, pool_stats, timing, views
 from .cli import cli
 from .flush_log import FlushLogger
 from .models import Base, Task, User
@@ -50,10 +50,12 @@ def create_app(config: t.Mapping[str, t.Any] | None = None) -> Flask:
     db.init_app(app)
     app.extensions["example_database"] = _Database()
     app.before_request(prepare_database)
-    db.register(FlushLogger(), app=app)
+    # The handle disconnects the logger, for whoever drops the app.
+    app.extensions["example_flush_log"] = db.register(FlushLogger(), app=app)
     audit.init_app(app)
     pool_stats.init_app(app)
     timing.init_app(app)
+    pages.init_app(app)
     app.register_blueprint(views.bp)
     app.cli.add_command(cli)
     return app

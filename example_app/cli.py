@@ -9,14 +9,21 @@ import sqlalchemy as sa
 from flask.cli import AppGroup
 
 from .models import Task, now
+from .pages import plural
 
 cli = AppGroup("example", help="Jobs of the example app.")
 
 
 @cli.command("purge-old")
-@click.option("--days", default=30, show_default=True, help="Archived for longer.")
+@click.option(
+    "--days",
+    default=30,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Delete the archived tasks created more than this many days ago.",
+)
 def purge_old(days: int) -> None:
-    """Delete archived tasks created more than DAYS ago."""
+    """Delete the archived tasks created more than --days days ago."""
     from . import db, prepare_database
 
     prepare_database()
@@ -27,4 +34,7 @@ def purge_old(days: int) -> None:
         ).all()
         for task in old:
             session.delete(task)
-    click.echo(f"Deleted {len(old)} archived task(s) older than {days} days.")
+    click.echo(
+        f"Deleted {plural(len(old), 'archived task')} created more than"
+        f" {plural(days, 'day')} ago."
+    )

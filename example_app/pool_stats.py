@@ -9,6 +9,7 @@ import typing as t
 from collections import Counter
 
 from flask import Blueprint, Flask, current_app, render_template
+from sqlalchemy import pool as sa_pool
 
 from flask_sessionext import signals
 
@@ -54,6 +55,29 @@ def pool() -> str:
     from . import db
 
     stats: PoolStats = current_app.extensions["example_pool_stats"]
+    pool = db.engine.pool
     return render_template(
-        "pool.html", rows=stats.rows(), status=db.engine.pool.status()
+        "pool.html",
+        rows=stats.rows(),
+        numbers=pool_numbers(pool),
+        pool_name=type(pool).__name__,
     )
+
+
+def pool_numbers(pool: sa_pool.Pool) -> list[tuple[str, int]]:
+    """What a ``QueuePool`` holds, in words; nothing for the pools that keep
+    no count (``NullPool``, ``StaticPool``).
+
+    ``pool.status()`` reports ``Current Overflow: -3`` for a pool of 5 with
+    2 connections open: the overflow counter starts at minus the pool size.
+    """
+    if not isinstance(pool, sa_pool.QueuePool):
+        return []
+    overflow = pool.overflow()
+    return [
+        ("Pool size (connections kept open)", pool.size()),
+        ("Open connections", pool.size() + overflow),
+        ("In use by requests", pool.checkedout()),
+        ("Idle in the pool", pool.checkedin()),
+        ("Opened beyond the pool size (overflow)", max(overflow, 0)),
+    ]

@@ -23,6 +23,7 @@ from werkzeug.wrappers import Response
 
 from .audit import notify
 from .models import Task, User
+from .pages import plural
 
 bp = Blueprint("tasks", __name__)
 
@@ -38,6 +39,12 @@ def _form_title() -> str:
     if not title:
         abort(400, description="A task needs a title.")
     return title[:200]
+
+
+def _task(ident: int) -> Task:
+    from . import db
+
+    return db.get_or_404(Task, ident, description=f"There is no task #{ident}.")
 
 
 def _owner() -> User | None:
@@ -82,9 +89,8 @@ def create() -> Response:
 @bp.get("/tasks/<int:ident>")
 def detail(ident: int) -> str:
     """One task."""
-    from . import db
 
-    return render_template("task.html", task=db.get_or_404(Task, ident))
+    return render_template("task.html", task=_task(ident))
 
 
 @bp.route("/tasks/<int:ident>/edit", methods=["GET", "POST"])
@@ -92,7 +98,7 @@ def edit(ident: int) -> str | Response:
     """Edit a task's title, notes, owner and state."""
     from . import db
 
-    task = db.get_or_404(Task, ident)
+    task = _task(ident)
     if request.method == "GET":
         users = db.session.scalars(sa.select(User).order_by(User.name)).all()
         return render_template("edit.html", task=task, users=users)
@@ -111,7 +117,7 @@ def toggle(ident: int) -> Response:
     from . import db
 
     with db.transaction():
-        task = db.get_or_404(Task, ident)
+        task = _task(ident)
         task.done = not task.done
     return redirect(request.referrer or url_for("tasks.board"))
 
@@ -121,7 +127,7 @@ def delete(ident: int) -> Response:
     """Delete a task."""
     from . import db
 
-    task = db.get_or_404(Task, ident)
+    task = _task(ident)
     title = task.title
     db.session.delete(task)
     db.on_commit(notify, f"Task deleted: {title}")
@@ -135,7 +141,9 @@ def archive_done() -> Response:
     """Archive every done task with one ORM-enabled UPDATE.
 
     The tasks loaded before it reflect the change without a reload, by the
-    app's ``SESSIONEXT_SYNCHRONIZE_SESSION`` setting.
+    app's ``SESSIONEXT_SYNCHRONIZE_SESSION`` setting. It writes no audit
+    entry: a bulk UPDATE bypasses the unit of work, so ``models_committed``
+    does not report it.
     """
     from . import db
 
@@ -150,9 +158,12 @@ def archive_done() -> Response:
     db.session.commit()
     setting = current_app.config.get("SESSIONEXT_SYNCHRONIZE_SESSION", "auto")
     flash(
-        f"Archived {result.rowcount} done task(s) with one UPDATE. {synchronized}"
-        f" of the {len(loaded)} loaded before it showed archived=True without a"
-        f" reload (SESSIONEXT_SYNCHRONIZE_SESSION = {setting!r})."
+        f"Archived {plural(result.rowcount, 'done task')} with one UPDATE."
+        f" {synchronized} of the {plural(len(loaded), 'task')} loaded before it"
+        f" showed archived=True without a reload (SESSIONEXT_SYNCHRONIZE_SESSION"
+        f" = {setting!r}). The audit log has no rows for it: a bulk UPDATE"
+        " bypasses the session's change tracking, so models_committed does not"
+        " see it."
     )
     return redirect(url_for("tasks.archive"))
 

@@ -13,6 +13,9 @@ next connect or disconnect, or the next app-context teardown
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import contextvars
 import threading
 import typing as t
 import weakref
@@ -22,7 +25,13 @@ import sqlalchemy as sa
 from blinker import NamedSignal, Signal
 from flask import Flask
 
-from ._errors import OPERATIONS, guard, receiver_failed
+from ._errors import (
+    OPERATIONS,
+    guard,
+    raise_parked,
+    receiver_failed,
+    receiver_interrupted,
+)
 from ._hooks import Handler, Hooks
 from .signals import CATALOG, BridgedEvent
 
@@ -159,6 +168,11 @@ def _may_raise(resolved: _Resolved) -> bool:
 
 def register(bridge: AppBridge) -> None:
     """Give a newly initialised app the listeners its receivers need."""
+    app = bridge.app()
+    if app is not None and raise_parked not in app.teardown_appcontext_funcs:
+        # First in the list, so Flask runs it last, once the session of the
+        # app context has been closed and its connection returned.
+        app.teardown_appcontext_funcs.insert(0, raise_parked)
     with _lock:
         _bridges.add(bridge)
         for entry in CATALOG.values():
@@ -195,6 +209,16 @@ def on_receivers_changed(
 on_receivers_changed((entry.signal for entry in CATALOG.values()), sync)
 
 
+def _close_connection(conn: sa.Connection, *args: t.Any) -> None:
+    conn.close()
+
+
+#: What a veto leaves to clean up, by event: SQLAlchemy fires
+#: ``engine_connect`` with the pool's connection already checked out for a
+#: ``Connection`` that nobody gets to close when the event raises.
+_ON_VETO: dict[str, t.Callable[..., None]] = {"engine_connect": _close_connection}
+
+
 def _handler(
     entry: BridgedEvent,
     app_ref: weakref.ref[Flask],
@@ -209,6 +233,7 @@ def _handler(
     name = entry.name
     propagates = entry.propagates
     with_bind_key = entry.target != "session"
+    on_veto = _ON_VETO.get(name)
 
     def send(*args: t.Any) -> None:
         app = app_ref()
@@ -221,28 +246,82 @@ def _handler(
             receiver = ref()
             if receiver is None:
                 continue
-            if is_async:
-                receiver = app.ensure_sync(receiver)
             try:
-                receiver(app, **kwargs)
-            except Exception as e:
+                if is_async:
+                    run_async(app, receiver, app, **kwargs)
+                else:
+                    receiver(app, **kwargs)
+            except BaseException as e:
                 if propagates:
+                    if on_veto is not None:
+                        # The receiver's exception is the one to raise.
+                        with contextlib.suppress(Exception):
+                            on_veto(*args)
                     raise
-                receiver_failed(app, name, receiver, e)
+                if isinstance(e, Exception):
+                    receiver_failed(app, name, receiver, e)
+                else:
+                    # SQLAlchemy finishes what it is doing (returns the
+                    # connection, closes it...) before this is raised again.
+                    receiver_interrupted(app, name, receiver, e)
+                    return
 
     return send
 
 
+def run_async(
+    app: Flask, func: t.Callable[..., t.Any], *args: t.Any, **kwargs: t.Any
+) -> t.Any:
+    """Call the coroutine function ``func`` to completion, as
+    ``app.ensure_sync(func)(*args, **kwargs)`` does, also from a thread
+    whose event loop is running.
+
+    An ``async def`` view runs on an event loop in the request's thread, and
+    asgiref refuses to start another one there. The commit of such a view
+    runs synchronously on that loop, which waits for it anyway; so ``func``
+    runs in a thread of its own, as asgiref runs it for a sync view, with a
+    copy of the caller's context: the same app context, ``g`` and
+    ``db.session``, used by one thread at a time since the caller waits.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return app.ensure_sync(func)(*args, **kwargs)
+    context = contextvars.copy_context()
+    results: list[t.Any] = []
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            results.append(context.run(app.ensure_sync(func), *args, **kwargs))
+        except BaseException as e:  # raised again in the caller's thread
+            errors.append(e)
+
+    name = getattr(func, "__qualname__", "receiver")
+    thread = threading.Thread(target=target, name=f"sessionext-async {name}")
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+    return results[0]
+
+
 def report(signal: NamedSignal, app: Flask, **kwargs: t.Any) -> None:
     """Send ``signal`` for something that already happened: every receiver
-    runs, and an exception of one is handed to :func:`receiver_failed`.
+    runs, and an exception of one is handed to :func:`receiver_failed`; an
+    interrupt (a ``BaseException`` that is no ``Exception``) skips the rest
+    and is handed to :func:`receiver_interrupted`.
     """
     if signal.is_muted:
         return
     for receiver in signal.receivers_for(app):
         try:
             if iscoroutinefunction(receiver):
-                receiver = app.ensure_sync(receiver)
-            receiver(app, **kwargs)
+                run_async(app, receiver, app, **kwargs)
+            else:
+                receiver(app, **kwargs)
         except Exception as e:
             receiver_failed(app, signal.name, receiver, e)
+        except BaseException as e:
+            receiver_interrupted(app, signal.name, receiver, e)
+            return

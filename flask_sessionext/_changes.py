@@ -15,18 +15,20 @@ callback waits in one of its sessions.
 
 from __future__ import annotations
 
+import functools
 import threading
 import typing as t
 import weakref
+from inspect import iscoroutinefunction
 
 import sqlalchemy as sa
 from flask import Flask
 from flask.globals import _cv_app
 from sqlalchemy import orm
 
-from ._bridge import AppBridge, on_receivers_changed, receiver_ref, report
+from ._bridge import AppBridge, on_receivers_changed, receiver_ref, report, run_async
 from ._compat import allow_commit, outside_transaction_block, refuse_commit
-from ._errors import collect_receiver_errors, receiver_failed
+from ._errors import collect_receiver_errors, receiver_failed, receiver_interrupted
 from ._hooks import Handler
 from .signals import before_models_committed, models_committed
 
@@ -87,7 +89,7 @@ class _Committed:
         self,
         transaction: orm.SessionTransaction,
         callbacks: list[Callback],
-        errors: list[Exception],
+        errors: list[BaseException],
     ) -> None:
         self.transaction = transaction
         self.callbacks = callbacks
@@ -130,13 +132,14 @@ class ChangeTracker:
         self._set_guard = bridge.set_guard
         #: The installed listeners by event name.
         self.installed: dict[str, Handler] = {}
-        #: Sessions with on_commit callbacks waiting.
-        self._waiting: weakref.WeakSet[orm.Session] = weakref.WeakSet()
-        #: Held while ``_waiting`` and the installed listeners are compared
-        #: and brought in line: without it, a thread whose commit empties
-        #: ``_waiting`` could remove the listeners just after another thread
-        #: registered a callback and saw them installed, and that callback
-        #: would never run. Re-entrant: ``sync`` runs under it.
+        #: Whether an ``on_commit`` callback was ever registered. Its
+        #: listeners then stay: SQLAlchemy's listener collections must not
+        #: change while another thread dispatches their event ("deque mutated
+        #: during iteration"), and with a callback in most requests they
+        #: would come and go at every commit.
+        self._callbacks = False
+        #: Held while the installed listeners are brought in line with the
+        #: receivers and callbacks. Re-entrant: ``sync`` runs under it.
         self._lock = threading.RLock()
         #: Weak references to the receivers seen by the last sync.
         self._receivers: tuple[t.Callable[[], t.Any], ...] = ()
@@ -160,7 +163,7 @@ class ChangeTracker:
         if signals_wanted:
             wanted["after_flush"] = self._after_flush
             wanted["before_commit"] = self._before_commit
-        if signals_wanted or self._waiting:
+        if signals_wanted or self._callbacks:
             wanted["after_begin"] = self._after_begin
             wanted["after_commit"] = self._after_commit
             wanted["after_transaction_end"] = self._after_transaction_end
@@ -182,11 +185,10 @@ class ChangeTracker:
     def on_commit(self, session: orm.Session, callback: Callback) -> None:
         """Run ``callback`` after the outermost commit of ``session``."""
         _current_level(session).callbacks.append(callback)
-        with self._lock:
-            if session not in self._waiting:
-                self._waiting.add(session)
-                if "after_commit" not in self.installed:
-                    self._sync()
+        if not self._callbacks:
+            with self._lock:
+                self._callbacks = True
+                self._sync()
 
     def _after_begin(
         self,
@@ -226,7 +228,7 @@ class ChangeTracker:
         if level is not None and level.changes:
             before_models_committed.send(
                 app,
-                _async_wrapper=app.ensure_sync,
+                _async_wrapper=functools.partial(functools.partial, run_async, app),
                 changes=list(level.changes.values()),
             )
 
@@ -267,11 +269,6 @@ class ChangeTracker:
             return
         for connection in session.info.pop(_GUARDED, ()):
             allow_commit(connection)
-        with self._lock:
-            if session in self._waiting:
-                self._waiting.discard(session)
-                if not self._waiting:
-                    self._sync()
         committed: _Committed | None = session.info.pop(_COMMITTED, None)
         if committed is not None and committed.transaction is transaction:
             self._finish_commit(session, committed)
@@ -304,9 +301,15 @@ class ChangeTracker:
         try:
             for func, args, kwargs in callbacks:
                 try:
-                    app.ensure_sync(func)(*args, **kwargs)
+                    if iscoroutinefunction(func):
+                        run_async(app, func, *args, **kwargs)
+                    else:
+                        func(*args, **kwargs)
                 except Exception as e:
                     receiver_failed(app, "on_commit", func, e)
+                except BaseException as e:
+                    receiver_interrupted(app, "on_commit", func, e)
+                    return
         finally:
             if ctx is not None:
                 ctx.pop()

@@ -12,7 +12,7 @@ from flask import Flask
 from sqlalchemy.engine import URL
 from sqlalchemy.pool import QueuePool
 
-from . import _options
+from . import _liveness, _options
 from ._options import mask_url
 
 SynchronizeSession = t.Literal["auto", "evaluate", "fetch", False]
@@ -52,6 +52,22 @@ def get_bool(app: Flask, key: str, default: bool) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"'{key}' must be True or False, not {_options.quote(value)}.")
     return value
+
+
+def get_ping_after_idle(app: Flask) -> float:
+    """Read ``SESSIONEXT_PING_AFTER_IDLE``, seconds; ``30`` when unset.
+
+    :raise TypeError: the value is not a number.
+    :raise ValueError: the value is negative or NaN.
+    """
+    key = "SESSIONEXT_PING_AFTER_IDLE"
+    value = app.config.get(key, 30)
+    accepted = "a number of seconds of at least 0 (0 pings on every checkout)"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"'{key}' must be {accepted}, not {_options.quote(value)}.")
+    if not value >= 0:  # NaN too
+        raise ValueError(f"'{key}' must be {accepted}, not {_options.quote(value)}.")
+    return float(value)
 
 
 def get_synchronize_session(app: Flask) -> SynchronizeSession | None:
@@ -140,13 +156,17 @@ def _check_url_type(where: str, value: object) -> str | URL:
     raise TypeError(f"'{where}' must be {accepted}, not {type(value).__name__}.")
 
 
-def create_engine(app: Flask, where: str, options: dict[str, t.Any]) -> sa.Engine:
+def create_engine(
+    app: Flask, where: str, options: dict[str, t.Any], ping_after_idle: float
+) -> sa.Engine:
     """Create an engine from a bind config of :func:`get_bind_configs`.
 
     Relative SQLite paths resolve against ``app.instance_path`` (created if
     missing); in-memory SQLite has one connection, which threads take in
     turn, one transaction at a time; server
-    databases get ``pool_pre_ping`` unless the options say otherwise.
+    databases get ``pool_pre_ping`` unless the options say otherwise, or
+    the liveness check of :mod:`._liveness` replaces it (``ping_after_idle``
+    is the value of ``SESSIONEXT_PING_AFTER_IDLE``).
 
     :raise ValueError: the URL cannot be parsed, or names an unknown dialect or
         a driver that is not installed; an engine option has a value that
@@ -169,7 +189,7 @@ def create_engine(app: Flask, where: str, options: dict[str, t.Any]) -> sa.Engin
     _options.check_engine_options(app, where, url, options)
     if url.get_backend_name() == "sqlite":
         url, options = _sqlite_options(app, url, options)
-    else:
+    elif not _liveness.replaces_pre_ping(url, options, ping_after_idle):
         options.setdefault("pool_pre_ping", True)
 
     try:

@@ -17,7 +17,7 @@ import sqlalchemy.orm as orm
 from flask import Flask, Response, abort, after_this_request, has_request_context
 from flask.ctx import AppContext
 
-from . import _config, _fork, _schema, _sqlite, recording
+from . import _config, _fork, _liveness, _schema, _sqlite, recording
 from ._bridge import AppBridge, register, report
 from ._changes import ChangeTracker
 from ._compat import in_transaction_block
@@ -149,6 +149,7 @@ class SessionExt:
         _config.get_bool(app, "SESSIONEXT_COMMIT_ON_TEARDOWN", False)
         recorder = recording.from_config(app)
         synchronize = _config.get_synchronize_session(app)
+        ping_after_idle = _config.get_ping_after_idle(app)
         options = _config.get_options(
             app, "SESSIONEXT_SESSION_OPTIONS", self._session_options
         )
@@ -163,9 +164,13 @@ class SessionExt:
                 if key is None
                 else f"SESSIONEXT_BINDS[{key!r}]"
             )
-            engine = engines[key] = _config.create_engine(app, where, bind)
+            engine = engines[key] = _config.create_engine(
+                app, where, bind, ping_after_idle
+            )
             if _sqlite.needs_fix(engine):
                 _sqlite.install(engine)
+            elif _liveness.replaces_pre_ping(engine.url, bind, ping_after_idle):
+                _liveness.install(hooks, engine, ping_after_idle)
 
         _fork.dispose_in_child(list(engines.values()))
         session_class = make_session_class(options.pop("class_", None), engines)

@@ -27,7 +27,9 @@ cli = AppGroup("sessionext", help="Flask-SessionExt: signals and databases.")
 
 
 def catalog_rst() -> str:
-    """The signal catalog as the reStructuredText table of README.rst."""
+    """The signal catalog as a reStructuredText table, as the documentation's
+    signals page shows it.
+    """
     rows = [("signal", "SQLAlchemy event", "keyword arguments", "propagates")]
     for entry in CATALOG.values():
         kwargs = ", ".join(entry.kwargs)

@@ -3,7 +3,7 @@
 Each bridged signal below is one line of the catalog: the SQLAlchemy event it
 re-emits, under the same name, and whether a receiver's exception propagates
 into SQLAlchemy (so a receiver can veto the action). Everything else, the
-listeners, the docstrings, the README table, the CLI and the tests, is
+listeners, the docstrings, the documentation's table, the CLI and the tests, is
 derived from :data:`CATALOG`.
 
 Receive with the sender set to an app, as for Flask's own signals::

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import math
+import re
 import sys
 import typing as t
 from pathlib import Path
 
+import psycopg
 import pytest
 import sqlalchemy as sa
 from flask import Flask
 from sqlalchemy.pool import QueuePool
 
-from flask_sessionext import SessionExt
+from flask_sessionext import SessionExt, signals
 
 from helpers import checked_out
 
@@ -77,13 +80,15 @@ def test_engines_created_in_init_app_without_connecting(tmp_path: Path) -> None:
 
 
 def test_server_databases_get_pool_pre_ping(tmp_path: Path) -> None:
-    """Server databases ping connections on checkout unless told otherwise."""
+    """Server databases without the liveness check ping connections on
+    checkout unless told otherwise.
+    """
     app = make_app(
         tmp_path,
-        SESSIONEXT_DATABASE_URI="postgresql+psycopg://u@127.0.0.1/x",
+        SESSIONEXT_DATABASE_URI="postgresql+psycopg_async://u@127.0.0.1/x",
         SESSIONEXT_BINDS={
             "no_ping": {
-                "url": "postgresql+psycopg://u@127.0.0.1/y",
+                "url": "postgresql+psycopg_async://u@127.0.0.1/y",
                 "pool_pre_ping": False,
             }
         },
@@ -92,6 +97,75 @@ def test_server_databases_get_pool_pre_ping(tmp_path: Path) -> None:
     with app.app_context():
         assert db.engine.pool._pre_ping is True
         assert db.get_engine("no_ping").pool._pre_ping is False
+        assert len(db.engine.pool.dispatch.checkout) == 0
+
+
+def test_psycopg_gets_the_liveness_check(tmp_path: Path) -> None:
+    """A psycopg engine has the checkout check instead of ``pool_pre_ping``,
+    unless its options set ``pool_pre_ping`` or another DBAPI ``module``, or
+    the threshold is 0; it shares the one checkout listener with the
+    receivers of ``checkout``.
+    """
+    app = make_app(
+        tmp_path,
+        SESSIONEXT_DATABASE_URI="postgresql+psycopg://u@127.0.0.1/x",
+        SESSIONEXT_BINDS={
+            "own": {"url": "postgresql+psycopg://u@127.0.0.1/y", "pool_pre_ping": True},
+            "off": {"url": "postgresql://u@127.0.0.1/z", "pool_pre_ping": False},
+            "module": {"url": "postgresql+psycopg://u@127.0.0.1/m", "module": psycopg},
+        },
+    )
+    db = SessionExt(app)
+    with app.app_context():
+        pools = {key: engine.pool for key, engine in db.engines.items()}
+    assert {key: pool._pre_ping for key, pool in pools.items()} == {
+        None: False,
+        "own": True,
+        "off": False,
+        "module": True,
+    }
+    assert [len(pools[key].dispatch.checkout) for key in pools] == [1, 0, 0, 0]
+    assert [len(pools[key].dispatch.checkin) for key in pools] == [1, 0, 0, 0]
+    with signals.checkout.connected_to(lambda sender, **kw: None, sender=app):
+        assert len(pools[None].dispatch.checkout) == 1
+        assert len(pools["own"].dispatch.checkout) == 1
+
+    always = make_app(
+        tmp_path,
+        SESSIONEXT_DATABASE_URI="postgresql+psycopg://u@127.0.0.1/x",
+        SESSIONEXT_PING_AFTER_IDLE=0,
+    )
+    db = SessionExt(always)
+    with always.app_context():
+        assert db.engine.pool._pre_ping is True
+        assert len(db.engine.pool.dispatch.checkout) == 0
+
+
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [("30", TypeError), (True, TypeError), (None, TypeError), (-1, ValueError)],
+)
+def test_bad_ping_after_idle(
+    tmp_path: Path, value: object, error: type[Exception]
+) -> None:
+    """A SESSIONEXT_PING_AFTER_IDLE that is not a number of seconds of at
+    least 0 is refused at init_app, naming the key, the value and what is
+    accepted.
+    """
+    app = make_app(tmp_path, SESSIONEXT_PING_AFTER_IDLE=value)
+    with pytest.raises(
+        error,
+        match=rf"'SESSIONEXT_PING_AFTER_IDLE' must be a number of seconds of at"
+        rf" least 0 \(0 pings on every checkout\), not {re.escape(repr(value))}\.",
+    ):
+        SessionExt(app)
+
+
+def test_nan_ping_after_idle(tmp_path: Path) -> None:
+    """NaN is no number of seconds for SESSIONEXT_PING_AFTER_IDLE."""
+    app = make_app(tmp_path, SESSIONEXT_PING_AFTER_IDLE=math.nan)
+    with pytest.raises(ValueError, match=r"'SESSIONEXT_PING_AFTER_IDLE' .*, not nan"):
+        SessionExt(app)
 
 
 def test_engine_options_merge_key_by_key(tmp_path: Path) -> None:

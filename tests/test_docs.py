@@ -4,11 +4,16 @@ public name, and Flask-SQLAlchemy 3.1's keys and signals.
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
+
+from docutils import nodes
+from docutils.core import publish_doctree
 
 import flask_sessionext
 from flask_sessionext import SessionExt, testing
@@ -116,3 +121,54 @@ def test_api_reference_imports_without_pytest() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_table_code_wraps_only_between_words() -> None:
+    """The docs extension lets code in table cells wrap after a dot or an
+    underscore, never inside a word, and signal names in the catalog not at all.
+    """
+    sys.path.insert(0, str(DOCS / "_ext"))
+    try:
+        sessionext_docs = importlib.import_module("sessionext_docs")
+    finally:
+        sys.path.remove(str(DOCS / "_ext"))
+    source = (
+        ".. table::\n   :class: catalog\n\n"
+        "   ======================= ============================\n"
+        "   ``after_soft_rollback`` ``SessionEvents.after_soft_rollback``\n"
+        "   ======================= ============================\n\n"
+        "================================ =\n"
+        "``SESSIONEXT_RECORD_QUERIES``    ``create_engine()``\n"
+        "================================ =\n"
+    )
+    doctree = publish_doctree(source, settings_overrides={"report_level": 4})
+    app = SimpleNamespace(builder=SimpleNamespace(format="html"))
+    sessionext_docs.break_points(app, doctree, "index")
+    cells = [
+        "".join(
+            "|" if isinstance(child, nodes.raw) else child.astext()
+            for child in literal.children
+        )
+        for literal in doctree.findall(nodes.literal)
+    ]
+    assert cells == [
+        "after_soft_rollback",
+        "SessionEvents.|after_soft_rollback",
+        "SESSIONEXT_|RECORD_|QUERIES",
+        "create_|engine()",
+    ]
+
+
+def test_intersphinx_inventories_are_local() -> None:
+    """Every intersphinx inventory is a file of the repository, since the
+    builds run without network, and is a Sphinx inventory.
+    """
+    conf: dict[str, object] = {"__file__": str(DOCS / "conf.py")}
+    exec((DOCS / "conf.py").read_text(), conf)
+    mapping = conf["intersphinx_mapping"]
+    assert isinstance(mapping, dict)
+    assert set(mapping) == {"flask", "sqlalchemy", "blinker"}
+    for name, (url, inventory) in mapping.items():
+        assert url.startswith("https://"), name
+        path = DOCS / inventory
+        assert path.read_bytes().startswith(b"# Sphinx inventory version 2\n"), name

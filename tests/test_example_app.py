@@ -46,6 +46,8 @@ def example(
     with app.app_context():
         prepare_database()  # what the first request does
     yield app
+    # What an owner who drops an app does: Blinker keeps the app's receivers.
+    app.extensions["example_flush_log"].disconnect()
     with app.app_context():
         engine = db.engine
     Base.metadata.drop_all(engine)
@@ -149,9 +151,17 @@ def test_users_and_bulk_archive(example: Flask) -> None:
     """
     client = example.test_client()
     client.post("/users", data={"name": "Kim"})
-    assert "Kim (0 tasks)" in client.get("/users").text
+    users = client.get("/users").text
+    assert "Kim (0 tasks)" in users
+    assert "Grace (1 task)" in users
+    assert "Ada (2 tasks)" in users
+    before = audit_rows(example)
     response = client.post("/tasks/archive-done", follow_redirects=True)
-    assert "Archived 1 done task(s) with one UPDATE. 1 of the 1 loaded" in response.text
+    assert (
+        "Archived 1 done task with one UPDATE. 1 of the 1 task loaded" in response.text
+    )
+    assert "bypasses the session&#39;s change tracking" in response.text
+    assert audit_rows(example) == before
     assert "Read the README" in response.text  # now on the archive page
 
 
@@ -168,9 +178,108 @@ def test_purge_old_cli(example: Flask) -> None:
         args=["example", "purge-old", "--days", "30"]
     )
     assert result.exit_code == 0
-    assert "Deleted 1 archived task(s)" in result.output
+    assert result.output == ("Deleted 1 archived task created more than 30 days ago.\n")
     with example.app_context():
         assert db.session.scalar(sa.select(Task).where(Task.title == "ancient")) is None
+
+
+def test_purge_old_help_says_what_it_deletes(example: Flask) -> None:
+    """``purge-old --help`` describes ``--days`` by the creation date, which is
+    what the command compares.
+    """
+    result = example.test_cli_runner().invoke(args=["example", "purge-old", "--help"])
+    assert result.exit_code == 0
+    assert "created more than this many days ago" in " ".join(result.output.split())
+
+
+#: Each page, and the documentation section it says it demonstrates.
+PAGE_DOCS = {
+    "/tasks": "sessions.html#the-scope-of-db-session",
+    "/tasks/1": "sessions.html#getting-a-row-or-a-404",
+    "/tasks/1/edit": "sessions.html#transaction",
+    "/archive": "sessions.html#session-scope",
+    "/users": "recording.html#recorded-queries",
+    "/audit": "model-changes.html#what-a-commit-changed",
+    "/pool": "signals.html#the-catalog",
+}
+
+
+def test_every_page_says_what_it_shows(example: Flask) -> None:
+    """Every page opens with one "What this shows" line that links to the
+    section of the documentation it demonstrates, at the package's
+    documentation address.
+    """
+    client = example.test_client()
+    docs = "https://flask-sessionext.readthedocs.io/en/latest/"
+    for path, section in PAGE_DOCS.items():
+        html = client.get(path).text
+        lines = re.findall(r'<p class="shows">What this shows: (.*?)</p>', html, re.S)
+        assert len(lines) == 1, path
+        assert f'href="{docs}{section}"' in lines[0], path
+
+
+def test_docs_sections_exist() -> None:
+    """Each section the pages link to is a section of the documentation."""
+    for section in set(PAGE_DOCS.values()):
+        page, anchor = section.split(".html#")
+        text = (ROOT / "docs" / f"{page}.rst").read_text()
+        titles = re.findall(r"^(.+)\n[-=~^]{3,}$", text, re.M)
+        anchors = {
+            re.sub(r"[^a-z0-9]+", "-", title.replace("``", "").lower()).strip("-")
+            for title in titles
+        }
+        anchors |= set(re.findall(r"^\.\. _([\w-]+):$", text, re.M))
+        assert anchor in anchors, section
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "message"),
+    [
+        ("GET", "/tasks/999", 404, "There is no task #999."),
+        ("POST", "/tasks", 400, "A task needs a title."),
+        ("GET", "/tasks/1/toggle", 405, "Method Not Allowed"),
+    ],
+)
+def test_error_pages_use_the_layout(
+    example: Flask, method: str, path: str, status: int, message: str
+) -> None:
+    """400, 404 and 405 answer with a page in the app's layout: its
+    navigation, the error's description and the query footer.
+    """
+    response = example.test_client().open(path, method=method, data={"title": " "})
+    assert response.status_code == status
+    assert f"<title>{status} " in response.text
+    assert message in response.text
+    assert 'href="/tasks">Board</a>' in response.text
+    assert footer_count(response.text) == timing_count(response)
+
+
+def test_pool_page_shows_numbers(example: Flask) -> None:
+    """The pool page shows the QueuePool's numbers in words, not SQLAlchemy's
+    raw status string with its negative overflow.
+    """
+    html = example.test_client().get("/pool").text
+    assert "Current Overflow" not in html
+    numbers = dict(re.findall(r"<tr><th>([^<]+)</th><td>(-?\d+)</td></tr>", html))
+    assert int(numbers["Pool size (connections kept open)"]) == 5
+    # The view runs no query before it reads the pool: the connection that
+    # seeding opened is back in it.
+    assert int(numbers["In use by requests"]) == 0
+    assert int(numbers["Idle in the pool"]) == int(numbers["Open connections"]) >= 1
+    assert int(numbers["Opened beyond the pool size (overflow)"]) == 0
+
+
+def test_forms_have_labels(example: Flask) -> None:
+    """Every text field and select of the new-task and edit forms has a
+    label, and the title field spans the form.
+    """
+    client = example.test_client()
+    for path in ("/tasks", "/tasks/1/edit"):
+        html = client.get(path).text
+        for field in ("title", "notes", "owner_id"):
+            assert f'<label class="field" for="{field}">' in html, (path, field)
+            assert re.search(rf'<(input|textarea|select) id="{field}"', html), field
+        assert re.search(r'<input id="title" class="wide"', html), path
 
 
 def _free_port() -> int:

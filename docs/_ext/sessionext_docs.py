@@ -2,7 +2,7 @@
 
 ``.. sessionext-catalog::``
     The signal catalog table, made by ``flask_sessionext.cli.catalog_rst()``
-    from ``flask_sessionext.signals.CATALOG`` (the README holds the same).
+    from ``flask_sessionext.signals.CATALOG``.
 ``.. sessionext-signals::``
     A ``.. data::`` entry for each signal of ``flask_sessionext.signals``,
     with the docstring the catalog generates.
@@ -10,6 +10,9 @@
     The tables of ``benchmarks/results/results.md``, which
     ``python -m benchmarks`` writes; a note saying how to make them when the
     file is missing.
+
+It also gives the code in table cells places to wrap, so that tables fit
+the page without breaking a name inside a word: see :func:`break_points`.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from pathlib import Path
 
 from docutils import nodes
 from docutils.statemachine import StringList
+from sphinx import addnodes
 from sphinx.application import Sphinx
 from sphinx.util.docutils import SphinxDirective
 
@@ -28,6 +32,11 @@ from flask_sessionext.signals import namespace
 
 RESULTS = Path(__file__).parents[2] / "benchmarks" / "results" / "results.md"
 _SPECIAL = re.compile(r"([\\*`_|])")
+#: Where code in a table cell may wrap: after a dot, an underscore, a slash or
+#: a comma, and before an opening parenthesis; in the signal catalog, after a
+#: dot only, so that signal and event names stay whole.
+_BREAKS = re.compile(r"(?<=[._/,])(?=[^\s._/,)])|(?<=\w)(?=\((?!\)))")
+_CATALOG_BREAKS = re.compile(r"(?<=\.)(?=\w)")
 
 
 class _GeneratedDirective(SphinxDirective):
@@ -45,11 +54,53 @@ class _GeneratedDirective(SphinxDirective):
         return list(container.children)
 
 
+#: The module of each SQLAlchemy event class, for links to its reference.
+_EVENT_MODULES = {
+    "SessionEvents": "sqlalchemy.orm",
+    "ConnectionEvents": "sqlalchemy.events",
+    "PoolEvents": "sqlalchemy.events",
+    "DialectEvents": "sqlalchemy.events",
+}
+
+
 class CatalogDirective(_GeneratedDirective):
-    """The catalog table of the bridged signals."""
+    """The catalog table of the bridged signals, each signal linked to its
+    entry in the API reference and each event to SQLAlchemy's.
+    """
 
     def lines(self) -> list[str]:
-        return [".. rst-class:: wrap-code catalog", "", *catalog_rst().splitlines()]
+        return [".. rst-class:: catalog", "", *catalog_rst().splitlines()]
+
+    def run(self) -> list[nodes.Node]:
+        result = super().run()
+        for node in result:
+            for literal in list(node.findall(nodes.literal)):
+                target = _catalog_target(literal.astext())
+                if target is None:
+                    continue
+                reftype, name = target
+                xref = addnodes.pending_xref(
+                    "",
+                    refdomain="py",
+                    reftype=reftype,
+                    reftarget=name,
+                    refexplicit=True,
+                    refwarn=False,
+                )
+                xref += literal.deepcopy()
+                literal.replace_self(xref)
+        return result
+
+
+def _catalog_target(text: str) -> tuple[str, str] | None:
+    """The Python object that a catalog cell names, as (role, target)."""
+    event_class, dot, _ = text.partition(".")
+    if dot:
+        module = _EVENT_MODULES.get(event_class)
+        return ("meth", f"{module}.{text}") if module else None
+    if text in namespace:
+        return ("data", f"flask_sessionext.signals.{text}")
+    return None
 
 
 class SignalsDirective(_GeneratedDirective):
@@ -152,7 +203,31 @@ def _list_table(title: str, header: list[str], rows: list[list[str]]) -> list[st
     return [*out, ""]
 
 
+def break_points(app: Sphinx, doctree: nodes.document, docname: str) -> None:
+    """Put a ``<wbr>`` at each place where code in a table cell may wrap.
+
+    A code literal never wraps inside its words (Sphinx's ``span.pre`` is
+    ``white-space: nowrap``), so a long name would widen its table past the
+    page; breaking it anywhere would split words. These break points are
+    invisible and are not copied with the text.
+    """
+    if app.builder.format != "html":
+        return
+    for table in list(doctree.findall(nodes.table)):
+        pattern = _CATALOG_BREAKS if "catalog" in table["classes"] else _BREAKS
+        for literal in list(table.findall(nodes.literal)):
+            for text in list(literal.findall(nodes.Text)):
+                parts = pattern.split(str(text))
+                if len(parts) == 1:
+                    continue
+                pieces: list[nodes.Node] = [nodes.Text(parts[0])]
+                for part in parts[1:]:
+                    pieces += [nodes.raw("", "<wbr>", format="html"), nodes.Text(part)]
+                text.parent.replace(text, pieces)
+
+
 def setup(app: Sphinx) -> dict[str, t.Any]:
+    app.connect("doctree-resolved", break_points)
     app.add_directive("sessionext-catalog", CatalogDirective)
     app.add_directive("sessionext-signals", SignalsDirective)
     app.add_directive("sessionext-benchmarks", BenchmarksDirective)

@@ -126,7 +126,7 @@ def test_restart_between_requests(
     make_app: MakeApp, own_postgres: PostgresServer
 ) -> None:
     """Pooled connections that a server restart killed are replaced on
-    checkout (``pool_pre_ping``), so no request after the restart fails.
+    checkout (the liveness check), so no request after the restart fails.
     """
     app, db = make_app(own_postgres.url())
     with app.app_context():

@@ -1,0 +1,136 @@
+"""Dead pooled PostgreSQL connections found at checkout without a round trip.
+
+``pool_pre_ping`` sends ``SELECT 1`` on every checkout, most of the cost of a
+short request. A server that closes a connection (a restart,
+``pg_terminate_backend``, ``idle_session_timeout``) first sends an error
+message on it and closes its end, so while no query is pending the socket of
+that connection reads as ready. A connection idle in the pool whose socket is
+ready is therefore pinged (the data may also be a harmless notification) and
+replaced if the ping fails; one whose socket is quiet is taken as alive,
+unless it has been idle longer than ``SESSIONEXT_PING_AFTER_IDLE``, long
+enough for a silent network drop, when it is pinged too.
+
+Only psycopg (3) connections are checked this way; other drivers keep
+``pool_pre_ping``.
+"""
+
+from __future__ import annotations
+
+import select
+import time
+import typing as t
+from collections.abc import Mapping
+
+import sqlalchemy as sa
+import sqlalchemy.exc as sa_exc
+from sqlalchemy.engine import URL
+from sqlalchemy.engine.interfaces import Dialect
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
+
+from ._hooks import Hooks
+
+#: The key of ``ConnectionPoolEntry.info`` that holds the monotonic time at
+#: which the connection was last checked in; SQLAlchemy clears ``info`` when
+#: it replaces the connection.
+CHECKED_IN = "sessionext.checked_in"
+
+#: ``psycopg.pq.TransactionStatus.UNKNOWN``: the connection is bad.
+_UNKNOWN = 4
+
+
+def replaces_pre_ping(
+    url: URL, options: Mapping[str, t.Any], after_idle: float
+) -> bool:
+    """Whether an engine of ``url`` and engine ``options`` gets the check of
+    this module instead of ``pool_pre_ping``: its driver is psycopg (and no
+    ``module`` option puts another DBAPI in its place), the options do not set
+    ``pool_pre_ping`` themselves, and ``after_idle`` (the value of
+    ``SESSIONEXT_PING_AFTER_IDLE``) is not ``0``.
+    """
+    if not after_idle or "pool_pre_ping" in options or "module" in options:
+        return False
+    try:
+        dialect = url.get_dialect()
+    except (sa_exc.ArgumentError, ImportError):
+        return False
+    return (
+        dialect.name == "postgresql"
+        and dialect.driver == "psycopg"
+        and not dialect.is_async
+    )
+
+
+def install(hooks: Hooks, engine: sa.Engine, after_idle: float) -> None:
+    """Check each connection of ``engine``'s pool at checkout: replace it when
+    the server has closed it, and ping it when it has been idle for more than
+    ``after_idle`` seconds.
+    """
+    dialect = engine.dialect
+
+    def checkin(dbapi_connection: t.Any, record: ConnectionPoolEntry) -> None:
+        if dbapi_connection is not None:
+            record.info[CHECKED_IN] = time.monotonic()
+
+    def checkout(
+        dbapi_connection: t.Any,
+        record: ConnectionPoolEntry,
+        proxy: PoolProxiedConnection,
+    ) -> None:
+        checked_in = record.info.get(CHECKED_IN)
+        if checked_in is None:  # a new connection, not used yet
+            return
+        if (
+            dbapi_connection.closed
+            or dbapi_connection.broken
+            or dbapi_connection.pgconn.transaction_status == _UNKNOWN
+        ):
+            raise sa_exc.DisconnectionError("the connection is closed")
+        if _readable(dbapi_connection) or time.monotonic() - checked_in > after_idle:
+            ping(dialect, dbapi_connection)
+
+    # Before any receiver of the checkout signal: they see live connections.
+    hooks.add(engine, "checkout", checkout)
+    hooks.add(engine, "checkin", checkin)
+
+
+def ping(dialect: Dialect, dbapi_connection: t.Any) -> None:
+    """Send the dialect's ping on ``dbapi_connection``.
+
+    :raise sqlalchemy.exc.DisconnectionError: the ping failed, so the pool
+        replaces the connection.
+    """
+    try:
+        dialect.do_ping(dbapi_connection)
+    except dialect.loaded_dbapi.Error as e:
+        # Even an error that is not a disconnection leaves a connection that
+        # cannot run SELECT 1; the pool replaces it with a new one, which is
+        # not pinged, so a real problem shows in the query that follows.
+        raise sa_exc.DisconnectionError(f"the ping failed: {e}") from e
+
+
+def _readable(dbapi_connection: t.Any) -> bool:
+    """Whether the socket of an idle connection has data or an end of file
+    waiting, which only the server's closing it, or a notification, puts
+    there. A connection without a socket is lost.
+    """
+    try:
+        fd = dbapi_connection.pgconn.socket
+    except dbapi_connection.OperationalError:
+        return True
+    return _poll(fd)
+
+
+def _poll_with_poll(fd: int) -> bool:
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+def _poll_with_select(fd: int) -> bool:
+    return bool(select.select([fd], [], [], 0)[0])
+
+
+# select() cannot take a descriptor above FD_SETSIZE (1024), which a busy
+# server may have; poll() can, and exists everywhere but on Windows, whose
+# select() has no such limit.
+_poll = _poll_with_poll if hasattr(select, "poll") else _poll_with_select
