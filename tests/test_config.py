@@ -111,7 +111,10 @@ def test_psycopg_gets_the_liveness_check(tmp_path: Path) -> None:
         SESSIONEXT_DATABASE_URI="postgresql+psycopg://u@127.0.0.1/x",
         SESSIONEXT_BINDS={
             "own": {"url": "postgresql+psycopg://u@127.0.0.1/y", "pool_pre_ping": True},
-            "off": {"url": "postgresql+psycopg://u@127.0.0.1/z", "pool_pre_ping": False},
+            "off": {
+                "url": "postgresql+psycopg://u@127.0.0.1/z",
+                "pool_pre_ping": False,
+            },
             "module": {"url": "postgresql+psycopg://u@127.0.0.1/m", "module": psycopg},
         },
     )
