@@ -29,6 +29,7 @@ WORKLOADS = ("nodb", "empty", "read", "write", "bulk")
 ADAPTERS = (
     "raw",
     "raw_again",
+    "raw_pre_ping",
     "sessionext",
     "sessionext_noping",
     "sessionext_full",
@@ -103,9 +104,10 @@ class Adapter:
     table: sa.Table
 
 
-def _raw(url: str) -> Adapter:
-    app = Flask("raw")
-    engine = sa.create_engine(url)
+def _raw(url: str, pre_ping: bool = False) -> Adapter:
+    app = Flask("raw_pre_ping" if pre_ping else "raw")
+    # With pool_pre_ping: what a careful hand-written app does for resilience.
+    engine = sa.create_engine(url, pool_pre_ping=pre_ping)
     scoped = orm.scoped_session(orm.sessionmaker(bind=engine), scopefunc=_cv_app.get)
 
     @app.teardown_appcontext
@@ -168,6 +170,7 @@ def build(name: str, url: str) -> Adapter:
     factories: dict[str, t.Callable[[], Adapter]] = {
         "raw": lambda: _raw(url),
         "raw_again": lambda: _raw(url),
+        "raw_pre_ping": lambda: _raw(url, pre_ping=True),
         "sessionext": lambda: _sessionext(url, False),
         "sessionext_noping": lambda: _sessionext(url, False, ping=False),
         "sessionext_full": lambda: _sessionext(url, True),

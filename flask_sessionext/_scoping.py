@@ -9,6 +9,7 @@ import sqlalchemy as sa
 import sqlalchemy.orm as orm
 from flask.ctx import AppContext
 from flask.globals import _cv_app
+from sqlalchemy.sql import visitors
 
 from ._compat import all_registries
 
@@ -62,7 +63,9 @@ class Session(orm.Session):
         if bind is not None:
             return bind
         target: object = mapper
-        if target is None and clause is not None:
+        if target is None and clause is not None and len(self._sessionext_engines) > 1:
+            # With one bind a Core statement can only go to it: finding its
+            # table would cost every query a walk of the statement.
             target = _table_of(clause)
         if target is not None:
             routes = self._sessionext_routes
@@ -77,19 +80,21 @@ class Session(orm.Session):
 
 
 def _table_of(clause: sa.ClauseElement) -> sa.Table | None:
-    """The table a Core statement works on: its first ``FROM`` table."""
+    """The table a Core statement works on: the first one met walking it."""
     if isinstance(clause, sa.Table):
         return clause
-    table: sa.FromClause | None
     if isinstance(clause, sa.UpdateBase):
-        table = clause.table
-    elif isinstance(clause, sa.Select):
-        table = next(iter(clause.get_final_froms()), None)
-        while isinstance(table, sa.Join):
-            table = table.left
-    else:
-        return None
-    return table if isinstance(table, sa.Table) else None
+        updated: object = clause.table
+        return updated if isinstance(updated, sa.Table) else None
+    # A walk of the statement's elements, as Session.get_bind does for its
+    # 'binds=': get_final_froms() would compile the statement, per query.
+    for element in visitors.iterate(clause):
+        if isinstance(element, sa.Table):
+            return element
+        table = getattr(element, "table", None)  # a column's
+        if isinstance(table, sa.Table):
+            return table
+    return None
 
 
 def class_bind_keys() -> dict[sa.Table, tuple[str, str]]:
