@@ -31,6 +31,7 @@ from ._errors import (
     raise_parked,
     receiver_failed,
     receiver_interrupted,
+    receiver_name,
 )
 from ._hooks import Handler, Hooks
 from .signals import CATALOG, BridgedEvent
@@ -297,7 +298,7 @@ def run_async(
         except BaseException as e:  # raised again in the caller's thread
             errors.append(e)
 
-    name = getattr(func, "__qualname__", "receiver")
+    name = receiver_name(func)
     thread = threading.Thread(target=target, name=f"sessionext-async {name}")
     thread.start()
     thread.join()

@@ -24,19 +24,11 @@ from dataclasses import dataclass
 from blinker import ANY, NamedSignal
 from flask import Flask
 
+from ._errors import receiver_name
 from .signals import CATALOG, EXTENSION_KWARGS, namespace
 
 _P = inspect.Parameter
 _NAMED = (_P.POSITIONAL_OR_KEYWORD, _P.KEYWORD_ONLY)
-
-
-def receiver_name(receiver: t.Callable[..., t.Any]) -> str:
-    """``module.qualname`` of ``receiver``, or its ``repr``."""
-    qualname = getattr(receiver, "__qualname__", None)
-    if qualname is None:
-        return repr(receiver)
-    module = getattr(receiver, "__module__", None)
-    return f"{module}.{qualname}" if module else str(qualname)
 
 
 def signal_kwargs(signal: NamedSignal) -> tuple[str, ...] | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import typing as t
 
 import sqlalchemy as sa
@@ -32,3 +34,14 @@ def open_sessions(app: Flask, db: SessionExt) -> int:
 def checked_out(engine: sa.Engine) -> int:
     """How many connections of ``engine``'s pool are checked out."""
     return t.cast(QueuePool, engine.pool).checkedout()
+
+
+def run_python(code: str) -> str:
+    """Run ``code`` in a new interpreter of this environment; its standard
+    output. Fails the test with the standard error when it exits non-zero.
+    """
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout

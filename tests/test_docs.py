@@ -7,7 +7,6 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
-import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,6 +16,8 @@ from docutils.core import publish_doctree
 
 import flask_sessionext
 from flask_sessionext import SessionExt, testing
+
+from helpers import run_python
 
 ROOT = Path(__file__).parents[1]
 DOCS = ROOT / "docs"
@@ -117,10 +118,7 @@ def test_api_reference_imports_without_pytest() -> None:
         "    except ImportError:\n"
         "        getattr(importlib.import_module(module), attribute)\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=False
-    )
-    assert result.returncode == 0, result.stderr
+    run_python(code)
 
 
 def test_table_code_wraps_only_between_words() -> None:

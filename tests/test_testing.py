@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import blinker
@@ -16,7 +14,7 @@ from flask_sessionext import SessionExt, signals, testing
 from flask_sessionext.testing import capture_signal, rollback
 
 from _postgres import PostgresServer
-from helpers import checked_out, count_rows
+from helpers import checked_out, count_rows, run_python
 from models import Entry, Item, User
 
 #: The app under test of the inner test sessions: two binds, a view that
@@ -354,10 +352,7 @@ def test_import_is_light() -> None:
         " import flask_sessionext.testing;"
         " print(sorted(set(sys.modules) - before))"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout
-    assert out.strip() == "['flask_sessionext.testing']"
+    assert run_python(code).strip() == "['flask_sessionext.testing']"
 
 
 def test_fixture_yields_app(
@@ -590,10 +585,7 @@ def test_rollback_without_pytest() -> None:
         "assert callable(rollback) and callable(capture_signal)\n"
         "assert inspect.isgeneratorfunction(sessionext_rollback)\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=False
-    )
-    assert result.returncode == 0, result.stderr
+    run_python(code)
 
 
 def test_rollback_closes_session_that_only_added(app: Flask, db: SessionExt) -> None:
