@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 import os
 import re
@@ -54,7 +55,10 @@ def app(app: Flask, config: Config) -> Flask:
 
 def here() -> int:
     """The line number of the caller's next line."""
-    return sys._getframe(1).f_lineno + 1
+    frame = inspect.currentframe()
+    assert frame is not None
+    assert frame.f_back is not None
+    return frame.f_back.f_lineno + 1
 
 
 def plain_app(
@@ -162,7 +166,7 @@ def test_records_hold_plain_values(app_ctx: AppContext, db: SessionExt) -> None:
 
 def test_defaults_follow_debug_and_testing(tmp_path: Path) -> None:
     """Recording is on with app.testing or app.debug, parameters only with
-    app.debug, and a plain app records nothing and installs no listener.
+    app.debug, and no app installs a cursor listener for it.
     """
     for config, records, parameters in (
         ({"TESTING": True}, 1, False),
@@ -175,7 +179,8 @@ def test_defaults_follow_debug_and_testing(tmp_path: Path) -> None:
             recorded = db.get_recorded_queries()
             assert len(recorded) == records
             assert all((r.parameters is not None) is parameters for r in recorded)
-            assert len(db.engine.dispatch.after_cursor_execute) == records
+            assert len(db.engine.dispatch.after_cursor_execute) == 0
+            assert db.engine._has_events is False
             engine = db.engine
         engine.dispose()
 
@@ -268,15 +273,20 @@ def test_get_recorded_queries_outside_app_context(db: SessionExt) -> None:
         }
     ],
 )
-def test_one_listener_pair_for_every_feature(
+def test_no_cursor_listener_for_any_feature(
     app_ctx: AppContext, db: SessionExt
 ) -> None:
-    """Recording, slow queries, Server-Timing and a receiver of the
-    application share one listener per cursor event and engine.
+    """Recording, slow queries and Server-Timing install no cursor listener
+    (the engine stays off SQLAlchemy's per-statement event path); a receiver
+    of the application gets its one listener per cursor event and engine.
     """
+    for engine in db.engines.values():
+        assert len(engine.dispatch.before_cursor_execute) == 0
+        assert len(engine.dispatch.after_cursor_execute) == 0
+        assert engine._has_events is False
+        assert engine.dialect._has_events is False
     with capture_signal(signals.after_cursor_execute, app_ctx.app) as sent:
         for engine in db.engines.values():
-            assert len(engine.dispatch.before_cursor_execute) == 1
             assert len(engine.dispatch.after_cursor_execute) == 1
         db.session.execute(sa.text("SELECT 1"))
     assert len(sent) == 1
