@@ -15,11 +15,14 @@ context recorded is kept in ``flask.g``, and goes with the context.
 from __future__ import annotations
 
 import contextlib
+import datetime
+import decimal
 import inspect
 import os
 import sys
 import types
 import typing as t
+import uuid
 import weakref
 from collections import deque
 from dataclasses import dataclass
@@ -81,12 +84,19 @@ class QueryRecord:
     bind_key: str | None
 
 
+#: What a :class:`QueryRecord` holds, kept as a plain tuple until read
+#: (``statement, parameters, start_time, end_time, location, bind_key``): a
+#: tuple costs a fraction of the frozen dataclass, and most records are never
+#: read.
+_Row = tuple[str, t.Any, float, float, str, "str | None"]
+
+
 class _Queries:
     """What one app context ran: kept in ``flask.g``."""
 
     __slots__ = ("count", "duration", "parameter_bytes", "records", "reporting")
 
-    def __init__(self, records: deque[QueryRecord] | None) -> None:
+    def __init__(self, records: deque[_Row] | None) -> None:
         #: Queries run, and their total duration (for ``Server-Timing``).
         self.count = 0
         self.duration = 0.0
@@ -246,7 +256,8 @@ class Recorder:
         queries.duration += duration
         threshold = self.threshold
         slow = threshold is not None and duration > threshold and not queries.reporting
-        if queries.records is None and not slow:
+        records = queries.records
+        if records is None and not slow:
             return
         kept = None
         if self.parameters:
@@ -255,13 +266,11 @@ class Recorder:
                 kept = _OVER_BUDGET
             else:
                 queries.parameter_bytes += size
-        record = QueryRecord(
-            statement, kept, start, end, duration, self.location(), bind_key
-        )
-        if queries.records is not None:
-            queries.records.append(record)
+        row = (statement, kept, start, end, self.location(), bind_key)
+        if records is not None:
+            records.append(row)
         if slow:
-            self.slow(ctx.app, queries, record)
+            self.slow(ctx.app, queries, _record(row))
 
 
 #: The current app context, or a RuntimeError outside one: Flask's public
@@ -380,11 +389,65 @@ _OVER_BUDGET = (
 )
 
 
+#: Parameter types kept as they are, each value counting for _SCALAR_SIZE:
+#: looked up by exact type, the common case of :func:`_bounded`.
+_SCALAR_TYPES = frozenset(
+    (
+        int,
+        float,
+        bool,
+        type(None),
+        decimal.Decimal,
+        datetime.date,
+        datetime.datetime,
+        datetime.time,
+        datetime.timedelta,
+        uuid.UUID,
+    )
+)
+
+
 def _bounded(value: t.Any, depth: int) -> tuple[t.Any, int]:
     """``value`` with long strings and bytes cut to :data:`PARAMETER_LENGTH`,
     and its size, through ``depth`` levels of dicts, lists and tuples
     (``executemany`` sends a list of them).
     """
+    kind = type(value)
+    if kind in _SCALAR_TYPES:
+        return value, _SCALAR_SIZE
+    if depth and (kind is tuple or kind is list):
+        size = 0
+        items = []
+        for item in value:
+            item_kind = type(item)
+            if item_kind in _SCALAR_TYPES:
+                size += _SCALAR_SIZE
+            elif item_kind is str and len(item) <= PARAMETER_LENGTH:
+                size += len(item)
+            else:
+                item, item_size = _bounded(item, depth - 1)
+                size += item_size
+            items.append(item)
+        return (items if kind is list else tuple(items)), size
+    if depth and kind is dict:
+        size = 0
+        kept = {}
+        for key, item in value.items():
+            item_kind = type(item)
+            if item_kind in _SCALAR_TYPES:
+                size += _SCALAR_SIZE
+            elif item_kind is str and len(item) <= PARAMETER_LENGTH:
+                size += len(item)
+            else:
+                item, item_size = _bounded(item, depth - 1)
+                size += item_size
+            kept[key] = item
+        return kept, size
+    return _bounded_any(value, depth)
+
+
+def _bounded_any(value: t.Any, depth: int) -> tuple[t.Any, int]:
+    """:func:`_bounded` for any type, subclasses included."""
     if isinstance(value, str):
         if len(value) <= PARAMETER_LENGTH:
             return value, len(value)
@@ -443,7 +506,14 @@ def recorded(ctx: AppContext) -> list[QueryRecord]:
     queries: _Queries | None = getattr(ctx.g, _QUERIES, None)
     if queries is None or queries.records is None:
         return []
-    return list(queries.records)
+    return [_record(row) for row in queries.records]
+
+
+def _record(row: _Row) -> QueryRecord:
+    statement, parameters, start, end, location, bind_key = row
+    return QueryRecord(
+        statement, parameters, start, end, end - start, location, bind_key
+    )
 
 
 def dropped(ctx: AppContext) -> int:

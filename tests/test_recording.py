@@ -224,6 +224,24 @@ def test_begin_is_not_a_query(app_ctx: AppContext, db: SessionExt) -> None:
     assert record.statement.startswith("INSERT INTO users")
 
 
+def test_dialect_setup_is_not_a_query(
+    database_uris: dict[str | None, str], tmp_path: Path
+) -> None:
+    """The dialect's own queries at an engine's first connection (server
+    version, settings) are not recorded, and later queries are.
+    """
+    app = Flask(__name__, instance_path=str(tmp_path / "instance"))
+    app.config.update(SESSIONEXT_DATABASE_URI=database_uris[None], TESTING=True)
+    db = SessionExt(app)
+    with app.app_context():
+        db.session.execute(sa.text("SELECT 1"))
+        db.session.execute(sa.text("SELECT 2"))
+        statements = [r.statement for r in db.get_recorded_queries()]
+        engine = db.engine
+    engine.dispose()
+    assert statements == ["SELECT 1", "SELECT 2"]
+
+
 def test_no_record_outside_the_app_context(app: Flask, db: SessionExt) -> None:
     """Queries with no app context, on a thread without one, or in another
     app's context are not recorded, and raise nothing.
