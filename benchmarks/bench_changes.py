@@ -65,6 +65,7 @@ def _sessionext(counter: list[int] | None) -> Run:
         scoped = db.session
 
     def receive(sender: Flask, changes: list[tuple[object, str]]) -> None:
+        assert counter is not None
         counter[0] += len(changes)
 
     if counter is not None:
