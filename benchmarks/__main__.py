@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
         (
             "change tracking",
-            lambda: bench_changes.main(n=1, rounds=2 if args.quick else 15),
+            lambda: bench_changes.main(n=2, rounds=2 if args.quick else 25),
         ),
         (
             "query recording",
