@@ -179,8 +179,10 @@ class ChangeTracker:
         """Sync when a receiver was garbage-collected since the last sync;
         runs at each app-context teardown, so it checks first.
         """
-        if any(ref() is None for ref in self._receivers):
-            self.sync()
+        for ref in self._receivers:  # a plain loop: no generator per request
+            if ref() is None:
+                self.sync()
+                return
 
     def on_commit(self, session: orm.Session, callback: Callback) -> None:
         """Run ``callback`` after the outermost commit of ``session``."""
