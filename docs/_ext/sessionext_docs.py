@@ -136,7 +136,7 @@ def _text(text: str) -> str:
 
 
 def markdown_to_rst(markdown: str) -> list[str]:
-    """The headings, paragraphs, bullet lists and pipe tables that
+    """The headings, paragraphs, bullet lists, code blocks and pipe tables that
     ``python -m benchmarks`` writes, as reStructuredText.
     """
     lines = markdown.splitlines()
@@ -149,6 +149,13 @@ def markdown_to_rst(markdown: str) -> list[str]:
             continue
         if line.startswith("#"):
             out += [f".. rubric:: {_text(line.lstrip('#'))}", ""]
+        elif line.startswith("```"):
+            out += [".. code-block:: text", ""]
+            while index < len(lines) and not lines[index].startswith("```"):
+                out.append(f"    {lines[index]}" if lines[index].strip() else "")
+                index += 1
+            index += 1
+            out.append("")
         elif line.startswith("|"):
             rows = [line]
             while index < len(lines) and lines[index].strip().startswith("|"):
