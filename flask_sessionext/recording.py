@@ -11,11 +11,11 @@ app context recorded is kept in ``flask.g``, and goes with the context.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import sys
 import types
 import typing as t
-import weakref
 from collections import deque
 from dataclasses import dataclass
 from time import perf_counter
@@ -26,12 +26,12 @@ import sqlalchemy as sa
 import werkzeug
 from flask import Flask, Response
 from flask.ctx import AppContext
-from flask.globals import _cv_app
 from sqlalchemy.engine.interfaces import ExecutionContext
 
 from . import _config
-from ._bridge import AppBridge, on_receivers_changed, quiet_receivers, report
+from ._bridge import quiet_receivers, report
 from ._options import quote
+from ._scoping import app_context_or_none
 from .signals import after_cursor_execute, before_cursor_execute, slow_query
 
 __all__ = ["QueryRecord"]
@@ -129,15 +129,13 @@ class Recorder:
         self._root = os.path.abspath(root_path) + os.sep
         #: File name -> how a location shows it; ``None`` for skipped files.
         self._files: dict[str, str | None] = {}
-        #: The app's bridge, while slow queries are reported.
-        self._bridge: AppBridge | None = None
 
     @property
     def active(self) -> bool:
         """Whether any of the features needs the cursor receivers."""
         return self.record or self.threshold is not None or self.server_timing
 
-    def install(self, app: Flask, bridge: AppBridge) -> None:
+    def install(self, app: Flask) -> None:
         """Connect the receivers and the ``after_request`` function that the
         settings need, and nothing when all features are off.
         """
@@ -148,30 +146,13 @@ class Recorder:
             after_cursor_execute.connect(_after, sender=app, weak=False)
         if self.server_timing:
             app.after_request(_add_server_timing)
-        if self.threshold is not None:
-            self._bridge = bridge
-            _slow_recorders.add(self)
-            self.sync_guard()
-
-    def sync_guard(self) -> None:
-        """Have the app's sessions wrap their operations while ``slow_query``
-        has a receiver for the app, so that its errors are raised after the
-        operation with ``SESSIONEXT_RAISE_RECEIVER_ERRORS``.
-        """
-        if self._bridge is None:
-            return
-        app = self._bridge.app()
-        wanted = (
-            app is not None and next(slow_query.receivers_for(app), None) is not None
-        )
-        self._bridge.set_guard("slow_query", wanted)
 
     def location(self) -> str:
         """``"path:LINE (function)"`` of the first caller frame outside the
         skipped packages.
         """
         files = self._files
-        frame: t.Any = sys._getframe(1)
+        frame = inspect.currentframe()
         while frame is not None:
             code = frame.f_code
             filename = code.co_filename
@@ -248,7 +229,7 @@ def _after(
 ) -> None:
     end = perf_counter()
     start: float | None = getattr(context, "_sessionext_query_start", None)
-    ctx = _cv_app.get(None)
+    ctx = app_context_or_none()
     if start is None or ctx is None or ctx.app is not sender:
         return  # outside the app's contexts, or begun before recording
     recorder: Recorder = sender.extensions["sessionext"].recorder
@@ -325,21 +306,10 @@ def _bounded(value: t.Any, depth: int) -> tuple[t.Any, int]:
 
 quiet_receivers.update((_before, _after))
 
-#: Recorders that report slow queries.
-_slow_recorders: weakref.WeakSet[Recorder] = weakref.WeakSet()
-
-
-def _sync_guards(signal: object, **kwargs: t.Any) -> None:
-    for recorder in list(_slow_recorders):
-        recorder.sync_guard()
-
-
-on_receivers_changed((slow_query,), _sync_guards)
-
 
 def _add_server_timing(response: Response) -> Response:
     """``after_request`` function: the app context's query count and time."""
-    ctx = _cv_app.get(None)
+    ctx = app_context_or_none()
     queries: _Queries | None = getattr(ctx.g, _QUERIES, None) if ctx else None
     count, duration = (queries.count, queries.duration) if queries else (0, 0.0)
     noun = "query" if count == 1 else "queries"
