@@ -1,14 +1,13 @@
 """From the signal catalog to SQLAlchemy listeners, installed only while a
 signal has receivers for an app.
 
-Every bridged signal's ``receiver_connected`` / ``receiver_disconnected`` runs
-:func:`sync`, which installs the listener of a signal on each app that has a
-receiver for it, removes it from the others, and resolves each app's
-receivers ahead of the sends, so that a send costs no more than calling them.
+The app's runtime calls :meth:`SignalBridge.refresh` after every connect or
+disconnect of a receiver; it installs the listener of each signal that has a
+receiver for the app, removes the others, and resolves the app's receivers
+ahead of the sends, so that a send costs no more than calling them.
 Blinker says nothing when a weakly referenced receiver is garbage-collected;
 its listener, which then sends to nobody, goes at the next safe point: the
-next connect or disconnect, or the next app-context teardown
-(:meth:`AppBridge.collect`).
+next connect or disconnect, or the next app-context teardown.
 """
 
 from __future__ import annotations
@@ -26,9 +25,6 @@ from blinker import NamedSignal, Signal
 from flask import Flask
 
 from ._errors import (
-    OPERATIONS,
-    guard,
-    raise_parked,
     receiver_failed,
     receiver_interrupted,
     receiver_name,
@@ -36,16 +32,13 @@ from ._errors import (
 from ._hooks import Handler, Hooks
 from .signals import CATALOG, BridgedEvent
 
-_lock = threading.RLock()
-_bridges: weakref.WeakSet[AppBridge] = weakref.WeakSet()
-
 #: A receiver as a send finds it: a weak reference (or, for an object that
 #: takes none, a strong one behind a lambda) and whether it is a coroutine.
 _Resolved = tuple[tuple[t.Callable[[], t.Any], bool], ...]
 
 #: Receivers of this package that report their own errors, and those of the
 #: receivers they call, with :func:`report`: alone, they need no wrapped
-#: session operations (see :meth:`AppBridge.set_guard`).
+#: session operations to raise them (see :class:`~._runtime.Runtime`).
 quiet_receivers: set[t.Callable[..., t.Any]] = set()
 
 
@@ -68,89 +61,80 @@ def receiver_ref(receiver: t.Callable[..., t.Any]) -> t.Callable[[], t.Any]:
         return lambda: receiver
 
 
-class AppBridge:
+class _Receivers:
+    """The resolved receivers of one installed signal, read by its listener
+    at each send; replaced as a whole when they change.
+    """
+
+    __slots__ = ("resolved",)
+
+    def __init__(self, resolved: _Resolved) -> None:
+        self.resolved = resolved
+
+
+class SignalBridge:
     """The bridged-signal listeners of one app."""
 
     def __init__(
         self,
-        app: Flask,
+        app: weakref.ref[Flask],
         session_class: type[sa.orm.Session],
         engines: t.Mapping[str | None, sa.Engine],
         hooks: Hooks,
     ) -> None:
         # Weak, so the class-level session listeners do not keep the app alive.
-        self.app = weakref.ref(app)
+        self.app = app
         self.session_class = session_class
         self._engines = engines
         self.hooks = hooks
-        #: Installed signals by name: their (target, handler) pairs, and the
-        #: cell holding their resolved receivers.
-        self.installed: dict[
-            str, tuple[list[tuple[t.Any, Handler]], list[_Resolved]]
-        ] = {}
-        #: Features that report receiver errors from session operations.
-        #: The operations each of them needs wrapped.
-        self._guards: dict[str, frozenset[str]] = {}
+        #: Installed signals by name: their (target, handler) pairs, and
+        #: their receivers.
+        self.installed: dict[str, tuple[list[tuple[t.Any, Handler]], _Receivers]] = {}
 
-    def set_guard(self, owner: str, on: bool | t.Collection[str]) -> None:
-        """Say whether feature ``owner`` sends reporting signals from inside
-        session operations (see :func:`flask_sessionext._errors.guard`).
+    def refresh(self) -> None:
+        """Install, update or remove the listener of every signal as its
+        receivers for the app say.
         """
-        before = set().union(*self._guards.values())
-        if on:
-            self._guards[owner] = frozenset(OPERATIONS if on is True else on)
-        else:
-            self._guards.pop(owner, None)
-        after = set().union(*self._guards.values())
-        if after != before:
-            guard(self.session_class, after)
+        for entry in CATALOG.values():
+            if entry.name in self.installed or entry.signal.receivers:
+                self._refresh(entry)
 
-    def sync(self, entry: BridgedEvent) -> None:
-        """Install, refresh or remove the listener of ``entry`` as its
-        receivers say.
-        """
+    def _refresh(self, entry: BridgedEvent) -> None:
         app = self.app()
         resolved = _resolve(entry.signal, app) if app is not None else ()
         if entry.name in self.installed:
-            pairs, cell = self.installed[entry.name]
-            cell[0] = resolved
+            pairs, receivers = self.installed[entry.name]
+            receivers.resolved = resolved
             if not resolved:
                 del self.installed[entry.name]
                 for target, handler in pairs:
                     self.hooks.remove(target, entry.name, handler)
         elif resolved:
-            cell = [resolved]
+            receivers = _Receivers(resolved)
             pairs = [
-                (target, _handler(entry, self.app, key, cell))
+                (target, _handler(entry, self.app, key, receivers))
                 for target, key in self._targets(entry)
             ]
             for target, handler in pairs:
                 self.hooks.add(target, entry.name, handler)
-            self.installed[entry.name] = (pairs, cell)
-        else:
-            return
-        self.set_guard(
-            "signals",
-            any(
-                not CATALOG[name].propagates and _may_raise(cell[0])
-                for name, (_, cell) in self.installed.items()
-            ),
+            self.installed[entry.name] = (pairs, receivers)
+
+    def may_raise(self) -> bool:
+        """Whether a receiver of an installed signal that reports (whose
+        receivers' exceptions SQLAlchemy must not see) may raise.
+        """
+        return any(
+            not CATALOG[name].propagates and _may_raise(receivers.resolved)
+            for name, (_, receivers) in self.installed.items()
         )
 
-    def collect(self) -> None:
-        """Drop receivers that were garbage-collected, and the listeners left
-        without any; runs at each app-context teardown, so it checks first.
-        """
-        dead = [
-            name
-            for name, (_, cell) in self.installed.items()
-            if any(ref() is None for ref, _ in cell[0])
-        ]
-        if dead or self.hooks.pending:
-            with _lock:
-                for name in dead:
-                    self.sync(CATALOG[name])
-                self.hooks.flush_pending()
+    def has_dead_receivers(self) -> bool:
+        """Whether an installed signal lost a receiver to the garbage collector."""
+        return any(
+            ref() is None
+            for _, receivers in self.installed.values()
+            for ref, _ in receivers.resolved
+        )
 
     def _targets(self, entry: BridgedEvent) -> list[tuple[t.Any, str | None]]:
         if entry.target == "session":
@@ -167,49 +151,6 @@ def _may_raise(resolved: _Resolved) -> bool:
     return False
 
 
-def register(bridge: AppBridge) -> None:
-    """Give a newly initialised app the listeners its receivers need."""
-    app = bridge.app()
-    if app is not None and raise_parked not in app.teardown_appcontext_funcs:
-        # First in the list, so Flask runs it last, once the session of the
-        # app context has been closed and its connection returned.
-        app.teardown_appcontext_funcs.insert(0, raise_parked)
-    with _lock:
-        _bridges.add(bridge)
-        for entry in CATALOG.values():
-            if entry.signal.receivers:
-                bridge.sync(entry)
-
-
-def sync(signal: Signal, **kwargs: t.Any) -> None:
-    """Bring every app's listeners in line with the signals' receivers.
-
-    Connected to each bridged signal's ``receiver_connected`` and
-    ``receiver_disconnected``; it also sweeps listeners left behind by
-    garbage-collected receivers, on every signal.
-    """
-    with _lock:
-        for bridge in list(_bridges):
-            for entry in CATALOG.values():
-                if entry.signal.receivers or entry.name in bridge.installed:
-                    bridge.sync(entry)
-            bridge.hooks.flush_pending()
-
-
-def on_receivers_changed(
-    signals: t.Iterable[Signal], callback: t.Callable[..., None]
-) -> None:
-    """Call ``callback(signal, **kwargs)`` after each connect to, or
-    disconnect from, one of ``signals``.
-    """
-    for signal in signals:
-        signal.receiver_connected.connect(callback, weak=False)
-        signal.receiver_disconnected.connect(callback, weak=False)
-
-
-on_receivers_changed((entry.signal for entry in CATALOG.values()), sync)
-
-
 def _close_connection(conn: sa.Connection, *args: t.Any) -> None:
     conn.close()
 
@@ -224,10 +165,10 @@ def _handler(
     entry: BridgedEvent,
     app_ref: weakref.ref[Flask],
     bind_key: str | None,
-    cell: list[_Resolved],
+    receivers: _Receivers,
 ) -> Handler:
     """The function that turns the listener's positional arguments into a
-    send of ``entry``'s signal by the app, to the receivers in ``cell``.
+    send of ``entry``'s signal by the app, to ``receivers``.
     """
     names = entry.argnames
     signal = entry.signal
@@ -243,7 +184,7 @@ def _handler(
         kwargs = dict(zip(names, args))
         if with_bind_key:
             kwargs["bind_key"] = bind_key
-        for ref, is_async in cell[0]:
+        for ref, is_async in receivers.resolved:
             receiver = ref()
             if receiver is None:
                 continue

@@ -16,20 +16,19 @@ callback waits in one of its sessions.
 from __future__ import annotations
 
 import functools
-import threading
 import typing as t
 import weakref
 from inspect import iscoroutinefunction
 
 import sqlalchemy as sa
 from flask import Flask
-from flask.globals import _cv_app
 from sqlalchemy import orm
 
-from ._bridge import AppBridge, on_receivers_changed, receiver_ref, report, run_async
+from ._bridge import receiver_ref, report, run_async
 from ._compat import allow_commit, outside_transaction_block, refuse_commit
 from ._errors import collect_receiver_errors, receiver_failed, receiver_interrupted
-from ._hooks import Handler
+from ._hooks import Handler, Hooks
+from ._scoping import app_context_or_none
 from .signals import before_models_committed, models_committed
 
 Change = tuple[object, str]
@@ -125,11 +124,27 @@ def _current_level(session: orm.Session) -> _Level:
 class ChangeTracker:
     """The change signals and ``on_commit`` callbacks of one app."""
 
-    def __init__(self, bridge: AppBridge) -> None:
-        self._app = bridge.app
-        self._session_class = bridge.session_class
-        self._hooks = bridge.hooks
-        self._set_guard = bridge.set_guard
+    def __init__(
+        self,
+        app: weakref.ref[Flask],
+        session_class: type[orm.Session],
+        hooks: Hooks,
+        *,
+        signal_events: tuple[str, ...],
+        callback_events: tuple[str, ...],
+        callbacks_started: t.Callable[[], None],
+    ) -> None:
+        self._app = app
+        self._session_class = session_class
+        self._hooks = hooks
+        #: The events listened to while a change signal has a receiver, and
+        #: while callbacks are in use (see ``_runtime.FEATURES``); the
+        #: handler of each is the method named like it.
+        self._signal_events = signal_events
+        self._callback_events = callback_events
+        #: Called once, when the first callback is registered: the app's
+        #: runtime then refreshes (so ``commit`` raises callback errors).
+        self._callbacks_started = callbacks_started
         #: The installed listeners by event name.
         self.installed: dict[str, Handler] = {}
         #: Whether an ``on_commit`` callback was ever registered. Its
@@ -138,59 +153,45 @@ class ChangeTracker:
         #: during iteration"), and with a callback in most requests they
         #: would come and go at every commit.
         self._callbacks = False
-        #: Held while the installed listeners are brought in line with the
-        #: receivers and callbacks. Re-entrant: ``sync`` runs under it.
-        self._lock = threading.RLock()
-        #: Weak references to the receivers seen by the last sync.
+        #: Weak references to the receivers seen by the last refresh.
         self._receivers: tuple[t.Callable[[], t.Any], ...] = ()
-        _trackers.add(self)
-        self.sync()
 
-    def sync(self) -> None:
-        """Install or remove the listeners as receivers and callbacks say."""
-        with self._lock:
-            self._sync()
-
-    def _sync(self) -> None:
+    def refresh(self) -> None:
+        """Install or remove the listeners as receivers and callbacks say.
+        The app's runtime calls it under its lock.
+        """
         app = self._app()
         self._receivers = tuple(
             receiver_ref(receiver)
             for signal in (before_models_committed, models_committed)
             for receiver in (signal.receivers_for(app) if app is not None else ())
         )
-        signals_wanted = bool(self._receivers)
-        wanted: dict[str, Handler] = {}
-        if signals_wanted:
-            wanted["after_flush"] = self._after_flush
-            wanted["before_commit"] = self._before_commit
-        if signals_wanted or self._callbacks:
-            wanted["after_begin"] = self._after_begin
-            wanted["after_commit"] = self._after_commit
-            wanted["after_transaction_end"] = self._after_transaction_end
-        for name in set(self.installed) - set(wanted):
+        events: set[str] = set()
+        if self._receivers:
+            events.update(self._signal_events)
+        if self._callbacks:
+            events.update(self._callback_events)
+        for name in set(self.installed) - events:
             self._hooks.remove(self._session_class, name, self.installed.pop(name))
-        for name in set(wanted) - set(self.installed):
-            self._hooks.add(self._session_class, name, wanted[name])
-            self.installed[name] = wanted[name]
-        # Change signals and callbacks happen in a commit, and only there.
-        self._set_guard("changes", ("commit",) if wanted else ())
+        for name in events - set(self.installed):
+            handler = getattr(self, f"_{name}")
+            self._hooks.add(self._session_class, name, handler)
+            self.installed[name] = handler
 
-    def collect(self) -> None:
-        """Sync when a receiver was garbage-collected since the last sync;
-        runs at each app-context teardown, so it checks first.
-        """
-        for ref in self._receivers:  # a plain loop: no generator per request
+    def has_dead_receivers(self) -> bool:
+        """Whether a receiver seen by the last refresh was garbage-collected."""
+        # A plain loop: no generator at every teardown.
+        for ref in self._receivers:  # noqa: SIM110
             if ref() is None:
-                self.sync()
-                return
+                return True
+        return False
 
     def on_commit(self, session: orm.Session, callback: Callback) -> None:
         """Run ``callback`` after the outermost commit of ``session``."""
         _current_level(session).callbacks.append(callback)
         if not self._callbacks:
-            with self._lock:
-                self._callbacks = True
-                self._sync()
+            self._callbacks = True
+            self._callbacks_started()
 
     def _after_begin(
         self,
@@ -303,7 +304,7 @@ class ChangeTracker:
 
     def _run_callbacks(self, app: Flask, callbacks: list[Callback]) -> None:
         """Run ``on_commit`` callbacks in an app context of ``app``."""
-        current = _cv_app.get(None)
+        current = app_context_or_none()
         ctx = app.app_context() if current is None or current.app is not app else None
         if ctx is not None:
             ctx.push()
@@ -322,14 +323,3 @@ class ChangeTracker:
         finally:
             if ctx is not None:
                 ctx.pop()
-
-
-_trackers: weakref.WeakSet[ChangeTracker] = weakref.WeakSet()
-
-
-def _sync(signal: object, **kwargs: t.Any) -> None:
-    for tracker in list(_trackers):
-        tracker.sync()
-
-
-on_receivers_changed((before_models_committed, models_committed), _sync)

@@ -16,7 +16,6 @@ running, at the end of the app context (see :func:`raise_parked`).
 
 from __future__ import annotations
 
-import functools
 import typing as t
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -46,29 +45,6 @@ _current: ContextVar[_Operation | None] = ContextVar(
 _parked: ContextVar[BaseException | None] = ContextVar(
     "sessionext_parked_interrupt", default=None
 )
-
-
-#: The methods of Session that run SQL or end a transaction.
-OPERATIONS = (
-    "begin_nested",
-    "close",
-    "commit",
-    "connection",
-    "delete",
-    "execute",
-    "flush",
-    "get",
-    "get_one",
-    "invalidate",
-    "merge",
-    "refresh",
-    "reset",
-    "rollback",
-    "scalar",
-    "scalars",
-)
-
-_F = t.TypeVar("_F", bound=t.Callable[..., t.Any])
 
 
 def receiver_name(receiver: object) -> str:
@@ -169,53 +145,33 @@ def collect_receiver_errors() -> Iterator[list[BaseException]]:
         _current.reset(token)
 
 
-def guard(session_class: type, names: t.Collection[str]) -> None:
-    """Wrap exactly the operations ``names`` of ``session_class`` with
-    :func:`operation`.
+def run_operation(
+    method: t.Callable[..., t.Any],
+    session: object,
+    args: tuple[t.Any, ...],
+    kwargs: dict[str, t.Any],
+) -> t.Any:
+    """Call the session operation ``method``, and raise the first receiver
+    error parked while it ran once it has completed (an interrupt first, and
+    an interrupt parked before it, outside any operation, after it).
 
-    Only while some receiver error may need raising, and only the operations
-    in which it may: an app with none of the reporting signals in use pays
-    nothing per query.
+    The Session class of each app calls its operations through this while a
+    receiver error may need raising (see ``_scoping.make_session_class``).
     """
-    unguard(session_class)
-    for name in names:
-        setattr(session_class, name, operation(getattr(session_class, name)))
-
-
-def unguard(session_class: type) -> None:
-    """Undo :func:`guard`."""
-    for name in OPERATIONS:
-        if name in vars(session_class):
-            delattr(session_class, name)
-
-
-def operation(method: _F) -> _F:
-    """Wrap a Session method so that a receiver error parked while it runs is
-    raised once it has completed.
-    """
-
-    @functools.wraps(method)
-    def wrapper(self: t.Any, *args: t.Any, **kwargs: t.Any) -> t.Any:
-        if _current.get() is not None:  # an operation inside an operation
-            return method(self, *args, **kwargs)
-        operation = _Operation()
-        token = _current.set(operation)
-        try:
-            result = method(self, *args, **kwargs)
-        except BaseException as e:
-            first = operation.errors[0] if operation.errors else None
-            if (
-                first is not None
-                and first is not e
-                and not isinstance(first, Exception)
-            ):
-                raise first from e  # an interrupt wins over the method's error
-            raise
-        finally:
-            _current.reset(token)
-        if operation.errors:
-            raise operation.errors[0]
-        raise_parked()
-        return result
-
-    return t.cast(_F, wrapper)
+    if _current.get() is not None:  # an operation inside an operation
+        return method(session, *args, **kwargs)
+    running = _Operation()
+    token = _current.set(running)
+    try:
+        result = method(session, *args, **kwargs)
+    except BaseException as e:
+        first = running.errors[0] if running.errors else None
+        if first is not None and first is not e and not isinstance(first, Exception):
+            raise first from e  # an interrupt wins over the method's error
+        raise
+    finally:
+        _current.reset(token)
+    if running.errors:
+        raise running.errors[0]
+    raise_parked()
+    return result

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import inspect
 import typing as t
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from types import MappingProxyType
 
 import sqlalchemy as sa
 import sqlalchemy.exc as sa_exc
@@ -18,13 +16,13 @@ from flask import Flask, Response, abort, after_this_request, has_request_contex
 from flask.ctx import AppContext
 
 from . import _config, _fork, _liveness, _schema, _sqlite, recording
-from ._bridge import AppBridge, register, report
-from ._changes import ChangeTracker
+from ._bridge import report
 from ._compat import in_transaction_block
 from ._hooks import Hooks
 from ._receivers import collected, report_collected
 from ._register import Registration
 from ._register import register as register_listener
+from ._runtime import Runtime
 from ._scoping import (
     Session,
     app_ctx_scope,
@@ -42,32 +40,6 @@ SESSION_EXECUTION_OPTIONS = (
 )
 
 _DEPTH = "sessionext.transaction_depth"
-
-
-@dataclasses.dataclass(eq=False)
-class _State:
-    """What :class:`SessionExt` keeps for one app, in
-    ``app.extensions["sessionext"]``.
-    """
-
-    extension: SessionExt
-    engines: Mapping[str | None, sa.Engine]
-    sessionmaker: orm.sessionmaker[Session]
-    hooks: Hooks
-    bridge: AppBridge
-    tracker: ChangeTracker
-    #: While :func:`flask_sessionext.testing.rollback` runs: the engines that
-    #: :attr:`SessionExt.engines` returns instead of :attr:`engines`. (It has
-    #: a default, so it stays after the fields without one.)
-    testing_engines: Mapping[str | None, sa.Engine] | None = None
-    #: Query recording, slow-query and ``Server-Timing`` settings.
-    recorder: recording.Recorder | None = None
-    #: App contexts of streamed responses whose session outlives the
-    #: context's first teardown: ``"streaming"`` from the response until
-    #: that teardown, then ``"kept"`` until the stream ends.
-    streams: weakref.WeakKeyDictionary[AppContext, str] = dataclasses.field(
-        default_factory=weakref.WeakKeyDictionary
-    )
 
 
 class SessionExt:
@@ -183,26 +155,18 @@ class SessionExt:
         if synchronize is not None and not SESSION_EXECUTION_OPTIONS:
             hooks.add(maker.class_, "do_orm_execute", _synchronize_handler(synchronize))
 
-        bridge = AppBridge(app, maker.class_, engines, hooks)
-        app.extensions["sessionext"] = _State(
-            self,
-            MappingProxyType(engines),
-            maker,
-            hooks,
-            bridge,
-            ChangeTracker(bridge),
-            recorder=recorder,
-        )
+        runtime = Runtime(app, self, engines, maker, hooks, recorder)
+        app.extensions["sessionext"] = runtime
         # What SQLAlchemy holds of the app goes with it: its listeners (see
         # Hooks.remove_all) and its pools' connections.
         weakref.finalize(app, _release, hooks, list(engines.values()))
         app.teardown_appcontext(self._teardown_session)
         app.cli.add_command(cli)
-        register(bridge)
-        recorder.install(app, bridge)
+        runtime.start(app)
+        recorder.install(app)
 
-    def _get_state(self, app: Flask) -> _State:
-        state: _State | None = app.extensions.get("sessionext")
+    def _get_state(self, app: Flask) -> Runtime:
+        state: Runtime | None = app.extensions.get("sessionext")
         if state is None or state.extension is not self:
             raise RuntimeError(
                 f"The Flask app {app.name!r} is not registered with this"
@@ -210,7 +174,7 @@ class SessionExt:
             )
         return state
 
-    def _current_state(self) -> _State:
+    def _current_state(self) -> Runtime:
         return self._get_state(app_ctx_scope().app)
 
     def _make_session(self, **kwargs: t.Any) -> Session:
@@ -262,11 +226,7 @@ class SessionExt:
                 return
         if collected:  # a weakly connected receiver died: say so
             report_collected(app)
-        bridge = state.bridge
-        if bridge.installed or bridge.hooks.pending:  # a safe point for removals
-            bridge.collect()
-        if state.tracker.installed:
-            state.tracker.collect()
+        state.collect()  # a safe point to remove listeners
         registry = self._session.registry
         if not registry.has():
             return
@@ -326,8 +286,8 @@ class SessionExt:
 
     def _engines(self) -> Mapping[str | None, sa.Engine]:
         state = self._current_state()
-        if state.testing_engines is not None:
-            return state.testing_engines
+        if state.engine_override is not None:
+            return state.engine_override
         return state.engines
 
     @property
@@ -454,7 +414,7 @@ class SessionExt:
         :raise RuntimeError: no application context is pushed.
         """
         state = self._current_state()
-        state.tracker.on_commit(self.session(), (func, args, kwargs))
+        state.changes.on_commit(self.session(), (func, args, kwargs))
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:

@@ -1,17 +1,23 @@
-"""The app-context scope, the per-app Session class and its bind routing."""
+"""The app-context scope, the per-app Session class, its bind routing and
+its session operations.
+"""
 
 from __future__ import annotations
 
+import functools
 import typing as t
 from collections.abc import Mapping
 
 import sqlalchemy as sa
 import sqlalchemy.orm as orm
+from flask import has_app_context
 from flask.ctx import AppContext
-from flask.globals import _cv_app
+from flask.globals import app_ctx
 from sqlalchemy.sql import visitors
+from werkzeug.local import LocalProxy
 
 from ._compat import all_registries
+from ._errors import run_operation
 
 NO_APP_CONTEXT = (
     "Working outside of an application context: there is no Session to use."
@@ -19,16 +25,107 @@ NO_APP_CONTEXT = (
     " request, a CLI command or a test client call."
 )
 
+#: Flask's public way to the object behind ``flask.globals.app_ctx``, looked
+#: up once: the scope function runs at every use of ``db.session``.
+_current_app_context: t.Callable[[], AppContext] = t.cast(
+    "LocalProxy[AppContext]", app_ctx
+)._get_current_object
+
 
 def app_ctx_scope() -> AppContext:
     """The scope of :attr:`SessionExt.session`: the current app context itself.
 
     :raise RuntimeError: no application context is pushed.
     """
-    ctx = _cv_app.get(None)
-    if ctx is None:
-        raise RuntimeError(NO_APP_CONTEXT)
-    return ctx
+    try:
+        return _current_app_context()
+    except RuntimeError:
+        raise RuntimeError(NO_APP_CONTEXT) from None
+
+
+def app_context_or_none() -> AppContext | None:
+    """The current app context, or ``None`` when none is pushed."""
+    return _current_app_context() if has_app_context() else None
+
+
+#: The methods of SQLAlchemy's Session that run SQL or end a transaction: the
+#: session operations after which a receiver's error is raised (see
+#: :mod:`._errors`). ``tests/test_session.py`` sorts every public method of
+#: the installed SQLAlchemy's Session into these or :data:`IN_MEMORY`, so a
+#: method that a new SQLAlchemy adds fails that test until it is sorted.
+OPERATIONS = frozenset(
+    {
+        "begin_nested",
+        "bulk_insert_mappings",
+        "bulk_save_objects",
+        "bulk_update_mappings",
+        "close",
+        "commit",
+        "connection",
+        "delete",
+        "delete_all",
+        "execute",
+        "flush",
+        "get",
+        "get_one",
+        "invalidate",
+        "merge",
+        "merge_all",
+        "prepare",
+        "refresh",
+        "reset",
+        "rollback",
+        "scalar",
+        "scalars",
+    }
+)
+#: The public methods of SQLAlchemy's Session that run no SQL themselves:
+#: they change what the session holds in memory, or tell what it holds. A
+#: transaction that ``begin()`` starts emits its SQL (and fires
+#: ``after_begin``) in the operation that first needs a connection; a query
+#: made by ``query()`` runs through :meth:`~sqlalchemy.orm.Session.execute`.
+IN_MEMORY = frozenset(
+    {
+        "add",
+        "add_all",
+        "begin",
+        "bind_mapper",
+        "bind_table",
+        "close_all",
+        "enable_relationship_loading",
+        "expire",
+        "expire_all",
+        "expunge",
+        "expunge_all",
+        "get_bind",
+        "get_nested_transaction",
+        "get_transaction",
+        "identity_key",
+        "in_nested_transaction",
+        "in_transaction",
+        "is_modified",
+        "object_session",
+        "query",
+    }
+)
+
+_F = t.TypeVar("_F", bound=t.Callable[..., t.Any])
+
+
+def _operation(name: str, method: _F) -> _F:
+    """``method`` of the Session, made a session operation: while the app's
+    runtime says that a receiver error raised in it may need raising
+    (:attr:`Session._sessionext_deferring`), it runs through
+    :func:`~._errors.run_operation`; otherwise it is called as it is.
+    """
+
+    @functools.wraps(method)
+    def operation(self: Session, *args: t.Any, **kwargs: t.Any) -> t.Any:
+        if name in self._sessionext_deferring:
+            return run_operation(method, self, args, kwargs)
+        return method(self, *args, **kwargs)
+
+    return t.cast(_F, operation)
 
 
 class Session(orm.Session):
@@ -37,14 +134,14 @@ class Session(orm.Session):
     carries the app's engines and routes each statement to its bind.
     """
 
-    #: The app's engines by bind key, set on each app's subclass.
-    _sessionext_engines: t.ClassVar[Mapping[str | None, sa.Engine]] = {}
-    #: Mapped class, mapper or table -> the engine of its bind, filled on
-    #: first use.
-    _sessionext_routes: t.ClassVar[dict[object, sa.Engine]] = {}
-    #: Engine -> the connection that stands in for it while
-    #: :func:`flask_sessionext.testing.rollback` runs; empty otherwise.
-    _sessionext_connections: t.ClassVar[dict[sa.Engine, sa.Connection]] = {}
+    #: Where the statements of the app's sessions go; set on each app's
+    #: subclass.
+    _sessionext_router: t.ClassVar[BindRouter]
+    #: The names of the :data:`OPERATIONS` that raise a receiver's error once
+    #: they have completed. Each app's runtime sets it on the app's subclass
+    #: while a receiver that may raise is connected, and empties it when none
+    #: is: a plain attribute, so methods never change while threads call them.
+    _sessionext_deferring: t.ClassVar[frozenset[str]] = frozenset()
 
     def get_bind(
         self,
@@ -62,21 +159,44 @@ class Session(orm.Session):
         """
         if bind is not None:
             return bind
+        router = self._sessionext_router
         target: object = mapper
-        if target is None and clause is not None and len(self._sessionext_engines) > 1:
+        if target is None and clause is not None and router.several:
             # With one bind a Core statement can only go to it: finding its
             # table would cost every query a walk of the statement.
             target = _table_of(clause)
         if target is not None:
-            routes = self._sessionext_routes
-            try:
-                engine = routes[target]
-            except KeyError:
-                key, owner = bind_key_of(target)
-                engines = self._sessionext_engines
-                engine = routes[target] = engine_for_key(engines, key, owner)
-            return self._sessionext_connections.get(engine, engine)
+            return router.route(target)
         return super().get_bind(mapper, clause=clause, **kwargs)
+
+
+class BindRouter:
+    """Where the statements of one app's sessions go: the engine of each
+    mapped class or table, found once and remembered.
+    """
+
+    def __init__(self, engines: Mapping[str | None, sa.Engine]) -> None:
+        self.engines = engines
+        #: Whether there are several binds to choose from.
+        self.several = len(engines) > 1
+        #: Mapped class, mapper or table -> the engine of its bind.
+        self._routes: dict[object, sa.Engine] = {}
+        #: Engine -> the connection that stands in for it; set only by
+        #: :meth:`~._runtime.Runtime.join_transactions` (for
+        #: :func:`flask_sessionext.testing.rollback`), empty otherwise.
+        self.stand_ins: Mapping[sa.Engine, sa.Connection] = {}
+
+    def route(self, target: object) -> sa.Engine | sa.Connection:
+        """The engine (or its stand-in) of a mapped class, mapper or table.
+
+        :raise KeyError: its bind key is not configured for this app.
+        """
+        try:
+            engine = self._routes[target]
+        except KeyError:
+            key, owner = bind_key_of(target)
+            engine = self._routes[target] = engine_for_key(self.engines, key, owner)
+        return self.stand_ins.get(engine, engine)
 
 
 def _table_of(clause: sa.ClauseElement) -> sa.Table | None:
@@ -168,21 +288,18 @@ def unknown_bind(keys: t.Iterable[str | None], key: object, owner: str = "") -> 
 def make_session_class(
     base: type[orm.Session] | None, engines: Mapping[str | None, sa.Engine]
 ) -> type[Session]:
-    """The Session class of one app, from an optional user-given ``class_``.
+    """The Session class of one app, on the user's ``class_`` if any (the
+    settings checked that it is a Session subclass).
 
-    :raise TypeError: ``base`` is not a subclass of SQLAlchemy's Session.
+    Its :data:`OPERATIONS` are defined here, once, around the methods of
+    ``base``, so that a user's own ``commit()`` (say) still runs.
     """
-    bases: tuple[type, ...] = (Session,)
-    if base is not None and base is not Session:
-        if not (isinstance(base, type) and issubclass(base, orm.Session)):
-            raise TypeError(
-                "The 'class_' session option must be a subclass of"
-                f" sqlalchemy.orm.Session, not {base!r}."
-            )
-        bases = (Session, base)
-    namespace = {
-        "_sessionext_engines": engines,
-        "_sessionext_routes": {},
-        "_sessionext_connections": {},
+    after = orm.Session if base is None or base is Session else base
+    namespace: dict[str, object] = {
+        name: _operation(name, getattr(after, name))
+        for name in OPERATIONS
+        if hasattr(after, name)  # delete_all, merge_all: SQLAlchemy >= 2.1
     }
+    namespace["_sessionext_router"] = BindRouter(engines)
+    bases: tuple[type, ...] = (Session,) if after is orm.Session else (Session, after)
     return t.cast(type[Session], type("Session", bases, namespace))

@@ -32,15 +32,14 @@ import blinker
 import flask
 import sqlalchemy as sa
 import werkzeug
-import werkzeug.local
 from flask import Flask, Response
 from flask.ctx import AppContext
-from flask.globals import app_ctx
 from sqlalchemy.engine.interfaces import ExecutionContext
 
 from . import _config
-from ._bridge import AppBridge, on_receivers_changed, report
+from ._bridge import report
 from ._options import quote
+from ._scoping import _current_app_context
 from .signals import slow_query
 
 __all__ = ["QueryRecord"]
@@ -145,15 +144,13 @@ class Recorder:
         self._root = os.path.abspath(root_path) + os.sep
         #: File name -> how a location shows it; ``None`` for skipped files.
         self._files: dict[str, str | None] = {}
-        #: The app's bridge, while slow queries are reported.
-        self._bridge: AppBridge | None = None
 
     @property
     def active(self) -> bool:
         """Whether any of the features needs the driver calls timed."""
         return self.record or self.threshold is not None or self.server_timing
 
-    def install(self, app: Flask, bridge: AppBridge) -> None:
+    def install(self, app: Flask) -> None:
         """Time the driver calls of the app's engines and add the
         ``after_request`` function that the settings need, and nothing when
         all features are off.
@@ -165,23 +162,6 @@ class Recorder:
                 _time_driver_calls(self, app_ref, bind_key, engine.dialect)
         if self.server_timing:
             app.after_request(_add_server_timing)
-        if self.threshold is not None:
-            self._bridge = bridge
-            _slow_recorders.add(self)
-            self.sync_guard()
-
-    def sync_guard(self) -> None:
-        """Have the app's sessions wrap their operations while ``slow_query``
-        has a receiver for the app, so that its errors are raised after the
-        operation with ``SESSIONEXT_RAISE_RECEIVER_ERRORS``.
-        """
-        if self._bridge is None:
-            return
-        app = self._bridge.app()
-        wanted = (
-            app is not None and next(slow_query.receivers_for(app), None) is not None
-        )
-        self._bridge.set_guard("slow_query", wanted)
 
     def location(self) -> str:
         """``"path:LINE (function)"`` of the first caller frame outside the
@@ -273,15 +253,6 @@ class Recorder:
             self.slow(ctx.app, queries, _record(row))
 
 
-#: The current app context, or a RuntimeError outside one: Flask's public
-#: proxy (typed as the context it stands for), read without its attribute
-#: forwarding; in an app context about 50 ns dearer than the context
-#: variable behind it.
-_current_app_ctx: t.Callable[[], AppContext] = t.cast(
-    "werkzeug.local.LocalProxy[AppContext]", app_ctx
-)._get_current_object
-
-
 def _time_driver_calls(
     recorder: Recorder,
     app_ref: weakref.ref[Flask],
@@ -306,7 +277,7 @@ def _time_driver_calls(
         context: ExecutionContext | None = None,
     ) -> None:
         try:
-            ctx = _current_app_ctx()
+            ctx = _current_app_context()
         except RuntimeError:
             do_execute(cursor, statement, parameters, context)
             return
@@ -325,7 +296,7 @@ def _time_driver_calls(
         context: ExecutionContext | None = None,
     ) -> None:
         try:
-            ctx = _current_app_ctx()
+            ctx = _current_app_context()
         except RuntimeError:
             do_executemany(cursor, statement, parameters, context)
             return
@@ -341,7 +312,7 @@ def _time_driver_calls(
         cursor: t.Any, statement: str, context: ExecutionContext | None = None
     ) -> None:
         try:
-            ctx = _current_app_ctx()
+            ctx = _current_app_context()
         except RuntimeError:
             do_execute_no_params(cursor, statement, context)
             return
@@ -474,18 +445,6 @@ def _bounded_any(value: t.Any, depth: int) -> tuple[t.Any, int]:
             sum(size for _, size in pairs),
         )
     return value, _SCALAR_SIZE
-
-
-#: Recorders that report slow queries.
-_slow_recorders: weakref.WeakSet[Recorder] = weakref.WeakSet()
-
-
-def _sync_guards(signal: object, **kwargs: t.Any) -> None:
-    for recorder in list(_slow_recorders):
-        recorder.sync_guard()
-
-
-on_receivers_changed((slow_query,), _sync_guards)
 
 
 def _add_server_timing(response: Response) -> Response:

@@ -16,7 +16,6 @@ import warnings
 import weakref
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
-from types import MappingProxyType
 
 import blinker
 import sqlalchemy as sa
@@ -25,7 +24,7 @@ from flask import Flask
 from sqlalchemy.engine.base import OptionEngine, RootTransaction
 
 if t.TYPE_CHECKING:
-    from ._extension import _State
+    from ._runtime import Runtime
 
 __all__ = ["capture_signal", "rollback", "sessionext_rollback"]
 
@@ -176,8 +175,8 @@ class _JoinedEngine(OptionEngine):
 _JoinedEngine._option_cls = _JoinedEngine
 
 
-def _get_state(app: Flask) -> _State:
-    state: _State | None = app.extensions.get("sessionext")
+def _get_state(app: Flask) -> Runtime:
+    state: Runtime | None = app.extensions.get("sessionext")
     if state is None:
         raise RuntimeError(
             f"The Flask app {app.name!r} has no SessionExt. Call"
@@ -237,45 +236,25 @@ def rollback(app: Flask) -> Iterator[Flask]:
         already running on it.
     """
     state = _get_state(app)
-    if state.testing_engines is not None:
-        raise RuntimeError(
-            f"A rollback block is already running on the Flask app {app.name!r};"
-            " blocks do not nest. Use one block per test."
-        )
+    state.check_not_joined()  # before this block takes the pools' connections
     block = _Block()
-    maker = state.sessionmaker
-    # The Session class of an app with several binds maps each engine it
-    # routes to to the connection standing in for it.
-    routed: dict[sa.Engine, sa.Connection] = getattr(
-        maker.class_, "_sessionext_connections", {}
-    )
-    saved_options = dict(maker.kw)
-    outers: dict[sa.Engine, sa.Connection] = {}
+    outers: dict[str | None, sa.Connection] = {}
     engines: dict[str | None, sa.Engine] = {}
     with ExitStack() as stack:
         for key, engine in state.engines.items():
             outer = stack.enter_context(_OuterConnection(engine))  # rolls back on close
             outer.begin()
-            outers[engine] = outer
+            outers[key] = outer
             engines[key] = _JoinedEngine(engine, {}, (outer, block))
-
-        @stack.callback
-        def restore() -> None:
-            state.testing_engines = None
-            routed.clear()
-            maker.kw.clear()
-            maker.kw.update(saved_options)
-
-        routed.update(outers)
-        maker.configure(
-            bind=outers[state.engines[None]], join_transaction_mode="create_savepoint"
-        )
-        state.testing_engines = MappingProxyType(engines)
+        stack.enter_context(state.join_transactions(outers, engines))
         hooks: list[tuple[t.Any, str, t.Callable[..., None]]] = [
-            (maker.class_, "after_begin", block.track),
-            (maker.class_, "before_attach", block.attached),
+            (state.session_class, "after_begin", block.track),
+            (state.session_class, "before_attach", block.attached),
         ]
-        hooks += [(engine, "engine_connect", _warn_uncovered) for engine in outers]
+        hooks += [
+            (engine, "engine_connect", _warn_uncovered)
+            for engine in state.engines.values()
+        ]
         for target, identifier, handler in hooks:
             state.hooks.add(target, identifier, handler)
             stack.callback(state.hooks.remove, target, identifier, handler)

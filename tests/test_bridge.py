@@ -365,14 +365,18 @@ def test_async_receivers(app_ctx: AppContext, db: SessionExt) -> None:
 def test_no_session_wrapper_without_reporting_signals(
     app_ctx: AppContext, db: SessionExt
 ) -> None:
-    """The Session class wraps its operations only while a reporting signal
-    is in use.
+    """The Session class defers receiver errors to the end of its operations
+    only while a reporting signal is in use, and its methods never change.
     """
     session_class = type(db.session())
-    assert "commit" not in vars(session_class)
+    methods = {name for name in dir(session_class) if not name.startswith("_")}
+    commit = session_class.commit
+    assert "commit" not in session_class._sessionext_deferring
     with signals.after_commit.connected_to(_raise):
-        assert "commit" in vars(session_class)
-    assert "commit" not in vars(session_class)
+        assert "commit" in session_class._sessionext_deferring
+        assert session_class.commit is commit
+    assert "commit" not in session_class._sessionext_deferring
+    assert {name for name in dir(session_class) if not name.startswith("_")} == methods
 
 
 class FlushLog:

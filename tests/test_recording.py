@@ -391,22 +391,22 @@ def test_real_slow_statement(
 @pytest.mark.parametrize("config", [{"SESSIONEXT_SLOW_QUERY_THRESHOLD": 0}])
 def test_slow_query_receiver_error(app_ctx: AppContext, db: SessionExt) -> None:
     """A slow_query receiver's error is raised after the session operation
-    in testing; the session wraps its operations only while such a receiver
-    is connected.
+    in testing; the session defers errors to the end of its operations only
+    while such a receiver is connected.
     """
     session_class = type(db.session())
 
     def fail(sender: Flask, query: QueryRecord) -> None:
         raise LookupError(f"slow: {query.statement}")
 
-    assert "execute" not in vars(session_class)
+    assert "execute" not in session_class._sessionext_deferring
     with (
         signals.slow_query.connected_to(fail, sender=app_ctx.app),
         pytest.raises(LookupError, match="slow: SELECT 1"),
     ):
-        assert "execute" in vars(session_class)
+        assert "execute" in session_class._sessionext_deferring
         db.session.execute(sa.text("SELECT 1"))
-    assert "execute" not in vars(session_class)
+    assert "execute" not in session_class._sessionext_deferring
     assert db.session.execute(sa.text("SELECT 2")).scalar() == 2
 
 

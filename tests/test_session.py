@@ -11,7 +11,7 @@ from flask import Flask
 from flask.ctx import AppContext
 from sqlalchemy import orm
 
-from flask_sessionext import SessionExt
+from flask_sessionext import SessionExt, _scoping
 
 from helpers import checked_out, count_rows, open_sessions
 from models import Base, Entry, Item, User
@@ -300,3 +300,18 @@ def test_session_attribute_outside_app_context(app: Flask) -> None:
         db.engine.dispose()
     with pytest.raises(RuntimeError, match=r"with app\.app_context\(\):"):
         kept.scalar(sa.select(User))
+
+
+def test_every_session_method_is_sorted() -> None:
+    """Every public method of the installed SQLAlchemy's Session is known to
+    run SQL (a session operation, after which receiver errors are raised) or
+    to work in memory, so a method that a new SQLAlchemy adds is sorted here
+    before it can miss the receiver-error policy.
+    """
+    public = {
+        name
+        for name in dir(orm.Session)
+        if not name.startswith("_") and callable(getattr(orm.Session, name))
+    }
+    assert public - _scoping.OPERATIONS - _scoping.IN_MEMORY == set()
+    assert not _scoping.OPERATIONS & _scoping.IN_MEMORY

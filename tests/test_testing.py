@@ -360,7 +360,7 @@ def test_fixture_yields_app(
 ) -> None:
     """The fixture runs the test in a block on the ``app`` fixture's app."""
     assert sessionext_rollback is app
-    assert app.extensions["sessionext"].testing_engines is not None
+    assert app.extensions["sessionext"].engine_override is not None
 
 
 def test_rollback_undoes_commits(app: Flask, db: SessionExt) -> None:
@@ -521,7 +521,7 @@ def test_rollback_restores_sessionmaker(app: Flask, db: SessionExt) -> None:
         assert state.sessionmaker.kw["join_transaction_mode"] == "create_savepoint"
     assert state.sessionmaker.kw == options
     assert [state.hooks.count(target) for target in targets] == listeners
-    assert state.testing_engines is None
+    assert state.engine_override is None
 
 
 def test_rollback_refuses_outer_commit(app_ctx: AppContext, db: SessionExt) -> None:
