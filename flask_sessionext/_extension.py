@@ -17,10 +17,11 @@ import sqlalchemy.orm as orm
 from flask import Flask, Response, abort, after_this_request, has_request_context
 from flask.ctx import AppContext
 
-from . import _config, _fork, _liveness, _schema, _sqlite, recording
+from . import _fork, _liveness, _schema, _settings, _sqlite, recording
 from ._bridge import AppBridge, register, report
 from ._changes import ChangeTracker
 from ._compat import in_transaction_block
+from ._engines import create_engines
 from ._hooks import Hooks
 from ._receivers import collected, report_collected
 from ._register import Registration
@@ -31,15 +32,15 @@ from ._scoping import (
     engine_for_key,
     make_session_class,
 )
+from ._settings import (
+    SynchronizeSession,
+    commit_on_teardown,
+    read_settings,
+)
 from .cli import cli
 from .signals import session_created, session_removed
 
 _O = t.TypeVar("_O")
-
-#: SQLAlchemy 2.1 takes session-wide execution options; 2.0 needs a listener.
-SESSION_EXECUTION_OPTIONS = (
-    "execution_options" in inspect.signature(orm.Session).parameters
-)
 
 _DEPTH = "sessionext.transaction_depth"
 
@@ -146,41 +147,30 @@ class SessionExt:
                 f"The Flask app {app.name!r} already has a SessionExt; an app"
                 " takes one. Use that instance, or a new Flask app."
             )
-        _config.get_bool(app, "SESSIONEXT_COMMIT_ON_TEARDOWN", False)
-        recorder = recording.from_config(app)
-        synchronize = _config.get_synchronize_session(app)
-        ping_after_idle = _config.get_ping_after_idle(app)
-        options = _config.get_options(
-            app, "SESSIONEXT_SESSION_OPTIONS", self._session_options
+        settings = read_settings(
+            app,
+            engine_options=self._engine_options,
+            session_options=self._session_options,
         )
+        recorder = recording.Recorder(**dataclasses.asdict(settings.recording))
+        synchronize = settings.synchronize_session
+        ping_after_idle = settings.ping_after_idle
         hooks = Hooks()
-        binds = _config.get_bind_configs(app, self._engine_options)
         # Models imported after init_app are checked at their first use.
-        _schema.check_bind_keys(self._metadata, binds)
-        engines: dict[str | None, sa.Engine] = {}
-        for key, bind in binds.items():
-            where = (
-                "SESSIONEXT_DATABASE_URI"
-                if key is None
-                else f"SESSIONEXT_BINDS[{key!r}]"
-            )
-            engine = engines[key] = _config.create_engine(
-                app, where, bind, ping_after_idle
-            )
+        _schema.check_bind_keys(self._metadata, settings.binds)
+        engines = create_engines(settings)
+        for key, engine in engines.items():
             if _sqlite.needs_fix(engine):
                 _sqlite.install(engine)
-            elif _liveness.replaces_pre_ping(engine.url, bind, ping_after_idle):
+            elif settings.binds[key].liveness:
                 _liveness.install(hooks, engine, ping_after_idle)
 
         _fork.dispose_in_child(list(engines.values()))
-        session_class = make_session_class(options.pop("class_", None), engines)
-        if synchronize is not None and SESSION_EXECUTION_OPTIONS:
-            options["execution_options"] = {
-                "synchronize_session": synchronize,
-                **options.get("execution_options", {}),
-            }
-        maker = orm.sessionmaker(bind=engines[None], class_=session_class, **options)
-        if synchronize is not None and not SESSION_EXECUTION_OPTIONS:
+        session_class = make_session_class(settings.session_class, engines)
+        maker = orm.sessionmaker(
+            bind=engines[None], class_=session_class, **settings.session_options
+        )
+        if synchronize is not None and not _settings.SESSION_EXECUTION_OPTIONS:
             hooks.add(maker.class_, "do_orm_execute", _synchronize_handler(synchronize))
 
         bridge = AppBridge(app, maker.class_, engines, hooks)
@@ -272,7 +262,7 @@ class SessionExt:
             return
         session = registry()
         try:
-            if exc is None and app.config.get("SESSIONEXT_COMMIT_ON_TEARDOWN"):
+            if exc is None and commit_on_teardown(app):
                 session.commit()
         finally:
             try:
@@ -571,7 +561,7 @@ def _release(hooks: Hooks, engines: list[sa.Engine]) -> None:
 
 
 def _synchronize_handler(
-    synchronize: _config.SynchronizeSession,
+    synchronize: SynchronizeSession,
 ) -> t.Callable[[orm.ORMExecuteState], None]:
     """A ``do_orm_execute`` handler that sets the default
     ``synchronize_session`` of ORM-enabled UPDATE and DELETE statements.

@@ -168,17 +168,11 @@ def unknown_bind(keys: t.Iterable[str | None], key: object, owner: str = "") -> 
 def make_session_class(
     base: type[orm.Session] | None, engines: Mapping[str | None, sa.Engine]
 ) -> type[Session]:
-    """The Session class of one app, from an optional user-given ``class_``.
-
-    :raise TypeError: ``base`` is not a subclass of SQLAlchemy's Session.
+    """The Session class of one app, from an optional user-given ``class_``
+    (checked by :func:`._settings.read_settings`).
     """
     bases: tuple[type, ...] = (Session,)
     if base is not None and base is not Session:
-        if not (isinstance(base, type) and issubclass(base, orm.Session)):
-            raise TypeError(
-                "The 'class_' session option must be a subclass of"
-                f" sqlalchemy.orm.Session, not {base!r}."
-            )
         bases = (Session, base)
     namespace = {
         "_sessionext_engines": engines,

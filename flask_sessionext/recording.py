@@ -29,9 +29,9 @@ from flask.ctx import AppContext
 from flask.globals import _cv_app
 from sqlalchemy.engine.interfaces import ExecutionContext
 
-from . import _config
+from . import _settings as _config
 from ._bridge import AppBridge, on_receivers_changed, quiet_receivers, report
-from ._options import quote
+from ._passwords import quote
 from .signals import after_cursor_execute, before_cursor_execute, slow_query
 
 __all__ = ["QueryRecord"]
