@@ -9,13 +9,15 @@ the first Session is made. :func:`option_error` turns either into a
 
 from __future__ import annotations
 
+import inspect
 import typing as t
 import warnings
 from collections.abc import Mapping
 
 import sqlalchemy.exc as sa_exc
+import sqlalchemy.orm as orm
 
-from ._passwords import describe, hide_passwords, is_secret
+from ._passwords import cause, describe, hide_passwords, is_secret
 
 #: What SQLAlchemy raises, from deep inside, for an option it cannot use.
 OPTION_ERRORS = (
@@ -58,6 +60,63 @@ _ACCEPTED = {
     "query_cls": "a subclass of sqlalchemy.orm.Query",
     "twophase": "True or False",
 }
+
+
+def check_session_options(
+    options: Mapping[str, t.Any], origins: Mapping[str, str]
+) -> None:
+    """Refuse now what the sessionmaker would refuse only when it makes the
+    first Session, by making a throwaway Session (it opens no connection).
+
+    :param options: the Session options, ``class_`` included.
+    :param origins: where each of ``options`` was set, as a message starts it.
+    :raise TypeError: an option is unknown, or of the wrong type.
+    :raise ValueError: an option has a value that the Session refuses.
+    """
+    refuser = "sqlalchemy.orm.Session"
+    if "bind" in options:
+        raise TypeError(
+            f"{origins['bind']} sets 'bind', which the extension sets itself."
+            " Remove it, and give the databases in 'SESSIONEXT_DATABASE_URI'"
+            " and 'SESSIONEXT_BINDS'."
+        )
+    class_ = options.get("class_")
+    if class_ is not None and not (
+        isinstance(class_, type) and issubclass(class_, orm.Session)
+    ):
+        raise TypeError(
+            f"{origins['class_']} has 'class_' = {describe(class_)}, but the"
+            " 'class_' session option must be a subclass of"
+            " sqlalchemy.orm.Session. Give one, or None."
+        )
+    checked = class_ or orm.Session
+    takes = _keywords(checked.__init__) - {"bind"}
+    if "**" not in takes:
+        for name in options:
+            if name != "class_" and name not in takes:
+                accepted = ", ".join(repr(n) for n in sorted({*takes, "class_"}))
+                raise TypeError(
+                    f"{origins[name]} has the option {name!r}, which"
+                    f" {checked.__qualname__} does not take. Accepted: {accepted}."
+                )
+    own = _keywords(orm.Session.__init__)
+    trial = {name: value for name, value in options.items() if name in own}
+    try:
+        quietly(lambda: orm.Session(**trial))
+    except OPTION_ERRORS as e:
+        blamed = culprit(trial, lambda one: orm.Session(**one), e)
+        raise option_error(refuser, origins, blamed, trial, e) from cause(e)
+
+
+def _keywords(function: t.Callable[..., t.Any]) -> set[str]:
+    """The keyword arguments ``function`` takes; ``"**"`` for any."""
+    names = set()
+    for name, parameter in inspect.signature(function).parameters.items():
+        if parameter.kind is parameter.VAR_KEYWORD:
+            names.add("**")
+        elif parameter.kind is not parameter.VAR_POSITIONAL:
+            names.add(name)
+    return names - {"self"}
 
 
 def option_error(

@@ -27,8 +27,8 @@ from sqlalchemy.engine import URL
 from sqlalchemy.pool import QueuePool
 
 from . import _liveness
-from ._passwords import cause, describe, mask_url, quote
-from ._refusals import OPTION_ERRORS, culprit, option_error, quietly
+from ._passwords import describe, mask_url, quote
+from ._refusals import check_session_options
 
 SynchronizeSession = t.Literal["auto", "evaluate", "fetch", False]
 
@@ -294,58 +294,13 @@ def _session_options(
 ) -> tuple[dict[str, t.Any], type[orm.Session] | None]:
     """The checked Session options, without ``class_``, and ``class_``.
 
-    Refuses now what the sessionmaker would refuse only when it makes the
-    first Session, by making a throwaway Session (it opens no connection).
-
     :raise TypeError: an option is unknown, or of the wrong type.
     :raise ValueError: an option has a value that the Session refuses.
     """
     options, origins = _merge(config, _SESSION_KEY, default, _SESSION_ARGUMENT)
-    refuser = "sqlalchemy.orm.Session"
-    if "bind" in options:
-        raise TypeError(
-            f"{origins['bind']} sets 'bind', which the extension sets itself."
-            " Remove it, and give the databases in 'SESSIONEXT_DATABASE_URI'"
-            " and 'SESSIONEXT_BINDS'."
-        )
-    class_ = options.pop("class_", None)
-    if class_ is not None and not (
-        isinstance(class_, type) and issubclass(class_, orm.Session)
-    ):
-        raise TypeError(
-            f"{origins['class_']} has 'class_' = {describe(class_)}, but the"
-            " 'class_' session option must be a subclass of"
-            " sqlalchemy.orm.Session. Give one, or None."
-        )
-    checked = class_ or orm.Session
-    takes = _keywords(checked.__init__) - {"bind"}
-    if "**" not in takes:
-        for name in options:
-            if name not in takes:
-                accepted = ", ".join(repr(n) for n in sorted({*takes, "class_"}))
-                raise TypeError(
-                    f"{origins[name]} has the option {name!r}, which"
-                    f" {checked.__qualname__} does not take. Accepted: {accepted}."
-                )
-    own = _keywords(orm.Session.__init__)
-    trial = {name: value for name, value in options.items() if name in own}
-    try:
-        quietly(lambda: orm.Session(**trial))
-    except OPTION_ERRORS as e:
-        blamed = culprit(trial, lambda one: orm.Session(**one), e)
-        raise option_error(refuser, origins, blamed, trial, e) from cause(e)
+    check_session_options(options, origins)
+    class_: type[orm.Session] | None = options.pop("class_", None)
     return options, class_
-
-
-def _keywords(function: t.Callable[..., t.Any]) -> set[str]:
-    """The keyword arguments ``function`` takes; ``"**"`` for any."""
-    names = set()
-    for name, parameter in inspect.signature(function).parameters.items():
-        if parameter.kind is parameter.VAR_KEYWORD:
-            names.add("**")
-        elif parameter.kind is not parameter.VAR_POSITIONAL:
-            names.add(name)
-    return names - {"self"}
 
 
 def _binds(
@@ -378,8 +333,8 @@ def _binds(
     if default_uri is None or default_uri == "":
         default_uri = "sqlite:///app.sqlite3"
     where = "SESSIONEXT_DATABASE_URI"
-    raw: list[tuple[str | None, str, str | URL, dict[str, t.Any], dict[str, str]]]
-    raw = [(None, where, _check_url_type(where, default_uri), base, base_origins)]
+    url = _check_url_type(where, default_uri)
+    raw = [_RawBind(None, where, url, dict(base), dict(base_origins))]
     for key, value in binds.items():
         where = f"SESSIONEXT_BINDS[{key!r}]"
         if not isinstance(key, str):
@@ -388,7 +343,7 @@ def _binds(
             )
         if not isinstance(value, Mapping):
             url = _check_url_type(where, value)
-            raw.append((key, where, url, dict(base), dict(base_origins)))
+            raw.append(_RawBind(key, where, url, dict(base), dict(base_origins)))
             continue
         if "url" not in value:
             raise TypeError(
@@ -400,12 +355,9 @@ def _binds(
         own = {name: option for name, option in value.items() if name != "url"}
         options = {**base, **own}
         origins = {**base_origins, **dict.fromkeys(own, f"'{where}'")}
-        raw.append((key, where, url, options, origins))
+        raw.append(_RawBind(key, where, url, options, origins))
 
-    return [
-        _bind(app, key, where, url, options, origins, ping_after_idle)
-        for key, where, url, options, origins in raw
-    ]
+    return [_bind(app, bind, ping_after_idle) for bind in raw]
 
 
 def _check_url_type(where: str, value: object) -> str | URL:
@@ -420,15 +372,17 @@ def _check_url_type(where: str, value: object) -> str | URL:
     raise TypeError(f"'{where}' must be {accepted}, not {type(value).__name__}.")
 
 
-def _bind(
-    app: Flask,
-    key: str | None,
-    where: str,
-    raw_url: str | URL,
-    options: dict[str, t.Any],
-    origins: dict[str, str],
-    ping_after_idle: float,
-) -> BindSettings:
+class _RawBind(t.NamedTuple):
+    """A bind as the config gives it, its URL not yet parsed."""
+
+    key: str | None
+    where: str
+    url: str | URL
+    options: dict[str, t.Any]
+    origins: dict[str, str]
+
+
+def _bind(app: Flask, raw: _RawBind, ping_after_idle: float) -> BindSettings:
     """The settings of one bind, with the extension's defaults: relative
     SQLite paths resolve against ``app.instance_path`` (created if missing);
     in-memory SQLite has one connection, which threads take in turn, one
@@ -437,6 +391,7 @@ def _bind(
 
     :raise ValueError: the URL cannot be parsed.
     """
+    key, where, raw_url, options, origins = raw
     try:
         url = sa.make_url(raw_url)
     except (sa_exc.ArgumentError, ValueError):
