@@ -23,6 +23,8 @@ from contextvars import ContextVar
 
 from flask import Flask
 
+from ._settings import raise_receiver_errors
+
 
 class _Operation:
     """The session operation that is running: the receiver errors to raise
@@ -82,7 +84,7 @@ def receiver_failed(app: Flask, name: str, receiver: object, error: Exception) -
     operation = _current.get()
     if operation is None or operation.errors:
         return
-    if app.config.get("SESSIONEXT_RAISE_RECEIVER_ERRORS", app.testing):
+    if raise_receiver_errors(app):
         operation.errors.append(error)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import typing as t
@@ -15,29 +16,21 @@ import sqlalchemy.orm as orm
 from flask import Flask, Response, abort, after_this_request, has_request_context
 from flask.ctx import AppContext
 
-from . import _config, _fork, _liveness, _schema, _sqlite, recording
+from . import _schema, recording
 from ._bridge import report
 from ._compat import in_transaction_block
+from ._engines import create_engines, prepare_engines
 from ._hooks import Hooks
 from ._receivers import collected, report_collected
 from ._register import Registration
 from ._register import register as register_listener
 from ._runtime import Runtime
-from ._scoping import (
-    Session,
-    app_ctx_scope,
-    engine_for_key,
-    make_session_class,
-)
+from ._scoping import Session, app_ctx_scope, engine_for_key, make_sessionmaker
+from ._settings import commit_on_teardown, read_settings
 from .cli import cli
 from .signals import session_created, session_removed
 
 _O = t.TypeVar("_O")
-
-#: SQLAlchemy 2.1 takes session-wide execution options; 2.0 needs a listener.
-SESSION_EXECUTION_OPTIONS = (
-    "execution_options" in inspect.signature(orm.Session).parameters
-)
 
 _DEPTH = "sessionext.transaction_depth"
 
@@ -118,43 +111,18 @@ class SessionExt:
                 f"The Flask app {app.name!r} already has a SessionExt; an app"
                 " takes one. Use that instance, or a new Flask app."
             )
-        _config.get_bool(app, "SESSIONEXT_COMMIT_ON_TEARDOWN", False)
-        recorder = recording.from_config(app)
-        synchronize = _config.get_synchronize_session(app)
-        ping_after_idle = _config.get_ping_after_idle(app)
-        options = _config.get_options(
-            app, "SESSIONEXT_SESSION_OPTIONS", self._session_options
+        settings = read_settings(
+            app,
+            engine_options=self._engine_options,
+            session_options=self._session_options,
         )
-        hooks = Hooks()
-        binds = _config.get_bind_configs(app, self._engine_options)
         # Models imported after init_app are checked at their first use.
-        _schema.check_bind_keys(self._metadata, binds)
-        engines: dict[str | None, sa.Engine] = {}
-        for key, bind in binds.items():
-            where = (
-                "SESSIONEXT_DATABASE_URI"
-                if key is None
-                else f"SESSIONEXT_BINDS[{key!r}]"
-            )
-            engine = engines[key] = _config.create_engine(
-                app, where, bind, ping_after_idle
-            )
-            if _sqlite.needs_fix(engine):
-                _sqlite.install(engine)
-            elif _liveness.replaces_pre_ping(engine.url, bind, ping_after_idle):
-                _liveness.install(hooks, engine, ping_after_idle)
-
-        _fork.dispose_in_child(list(engines.values()))
-        session_class = make_session_class(options.pop("class_", None), engines)
-        if synchronize is not None and SESSION_EXECUTION_OPTIONS:
-            options["execution_options"] = {
-                "synchronize_session": synchronize,
-                **options.get("execution_options", {}),
-            }
-        maker = orm.sessionmaker(bind=engines[None], class_=session_class, **options)
-        if synchronize is not None and not SESSION_EXECUTION_OPTIONS:
-            hooks.add(maker.class_, "do_orm_execute", _synchronize_handler(synchronize))
-
+        _schema.check_bind_keys(self._metadata, settings.binds)
+        hooks = Hooks()
+        engines = create_engines(settings)
+        prepare_engines(engines, settings, hooks)
+        maker = make_sessionmaker(settings, engines, hooks)
+        recorder = recording.Recorder(**dataclasses.asdict(settings.recording))
         runtime = Runtime(app, self, engines, maker, hooks, recorder)
         app.extensions["sessionext"] = runtime
         # What SQLAlchemy holds of the app goes with it: its listeners (see
@@ -163,7 +131,6 @@ class SessionExt:
         app.teardown_appcontext(self._teardown_session)
         app.cli.add_command(cli)
         runtime.start(app)
-        recorder.install(app)
 
     def _get_state(self, app: Flask) -> Runtime:
         state: Runtime | None = app.extensions.get("sessionext")
@@ -232,7 +199,7 @@ class SessionExt:
             return
         session = registry()
         try:
-            if exc is None and app.config.get("SESSIONEXT_COMMIT_ON_TEARDOWN"):
+            if exc is None and commit_on_teardown(app):
                 session.commit()
         finally:
             try:
@@ -528,19 +495,3 @@ def _release(hooks: Hooks, engines: list[sa.Engine]) -> None:
     hooks.remove_all()
     for engine in engines:
         engine.dispose()
-
-
-def _synchronize_handler(
-    synchronize: _config.SynchronizeSession,
-) -> t.Callable[[orm.ORMExecuteState], None]:
-    """A ``do_orm_execute`` handler that sets the default
-    ``synchronize_session`` of ORM-enabled UPDATE and DELETE statements.
-    """
-
-    def handler(state: orm.ORMExecuteState) -> None:
-        if (state.is_update or state.is_delete) and (
-            "synchronize_session" not in state.execution_options
-        ):
-            state.update_execution_options(synchronize_session=synchronize)
-
-    return handler

@@ -148,8 +148,8 @@ class Runtime:
         self._lock = threading.RLock()
 
     def start(self, app: Flask) -> None:
-        """Subscribe to receiver changes, and install what the receivers
-        already connected need.
+        """Subscribe to receiver changes, turn on query recording as the
+        settings say, and install what the receivers already connected need.
         """
         if raise_parked not in app.teardown_appcontext_funcs:
             # First in the list, so Flask runs it last, once the session of the
@@ -160,6 +160,7 @@ class Runtime:
             # runtime are gone.
             signal.receiver_connected.connect(self._receivers_changed)
             signal.receiver_disconnected.connect(self._receivers_changed)
+        self.recorder.install(app)
         self.refresh()
 
     def _receivers_changed(self, signal: object, **kwargs: object) -> None:

@@ -16,8 +16,11 @@ from flask.globals import app_ctx
 from sqlalchemy.sql import visitors
 from werkzeug.local import LocalProxy
 
+from . import _settings
 from ._compat import all_registries
 from ._errors import run_operation
+from ._hooks import Hooks
+from ._settings import Settings, SynchronizeSession
 
 NO_APP_CONTEXT = (
     "Working outside of an application context: there is no Session to use."
@@ -303,3 +306,37 @@ def make_session_class(
     namespace["_sessionext_router"] = BindRouter(engines)
     bases: tuple[type, ...] = (Session,) if after is orm.Session else (Session, after)
     return t.cast(type[Session], type("Session", bases, namespace))
+
+
+def make_sessionmaker(
+    settings: Settings, engines: Mapping[str | None, sa.Engine], hooks: Hooks
+) -> orm.sessionmaker[Session]:
+    """The sessionmaker of one app: its Session class, its options, and the
+    default ``synchronize_session`` (through the Session's execution options
+    on SQLAlchemy 2.1, where the settings put it; through a ``do_orm_execute``
+    listener on 2.0).
+    """
+    session_class = make_session_class(settings.session_class, engines)
+    maker = orm.sessionmaker(
+        bind=engines[None], class_=session_class, **settings.session_options
+    )
+    synchronize = settings.synchronize_session
+    if synchronize is not None and not _settings.SESSION_EXECUTION_OPTIONS:
+        hooks.add(maker.class_, "do_orm_execute", _synchronize_handler(synchronize))
+    return maker
+
+
+def _synchronize_handler(
+    synchronize: SynchronizeSession,
+) -> t.Callable[[orm.ORMExecuteState], None]:
+    """A ``do_orm_execute`` handler that sets the default
+    ``synchronize_session`` of ORM-enabled UPDATE and DELETE statements.
+    """
+
+    def handler(state: orm.ORMExecuteState) -> None:
+        if (state.is_update or state.is_delete) and (
+            "synchronize_session" not in state.execution_options
+        ):
+            state.update_execution_options(synchronize_session=synchronize)
+
+    return handler

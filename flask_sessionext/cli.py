@@ -15,7 +15,7 @@ from flask.cli import AppGroup
 from sqlalchemy.engine import URL
 
 from ._errors import receiver_name
-from ._options import mask_url
+from ._passwords import mask_url
 from ._receivers import report_collected
 from .signals import CATALOG, namespace
 
