@@ -24,30 +24,41 @@ Handler = t.Callable[..., t.Any]
 class _Hook:
     """The installed listener of one event on one target, and its handlers."""
 
-    __slots__ = ("dispatching", "handlers", "identifier", "listener", "target")
+    __slots__ = ("_active", "handlers", "identifier", "listener", "target")
 
     def __init__(self, target: t.Any, identifier: str) -> None:
         self.target = target
         self.identifier = identifier
         #: Replaced, never mutated, so a dispatch in progress is not disturbed.
         self.handlers: tuple[Handler, ...] = ()
-        self.dispatching = 0
+        #: One item per dispatch running now, in any thread. ``list.append``
+        #: and ``list.pop`` are atomic, where ``count += 1`` on an attribute
+        #: is a read and a write that two threads may interleave (and lose a
+        #: count, so a listener would be removed during its dispatch).
+        self._active: list[None] = []
+        active = self._active
 
         def listener(*args: t.Any) -> None:
-            self.dispatching += 1
+            active.append(None)
             try:
                 for handler in self.handlers:
                     handler(*args)
             finally:
-                self.dispatching -= 1
+                active.pop()
 
         self.listener = listener
+
+    @property
+    def dispatching(self) -> bool:
+        """Whether SQLAlchemy is dispatching the event to the listener now."""
+        return bool(self._active)
 
 
 class Hooks:
     """The SQLAlchemy listeners that this package installed for one app."""
 
     def __init__(self) -> None:
+        # Re-entrant: add() flushes pending removals under it.
         self._lock = threading.RLock()
         self._hooks: dict[tuple[int, str], _Hook] = {}
         #: Hooks left without handlers while they were dispatching.
