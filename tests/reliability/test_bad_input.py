@@ -1,7 +1,8 @@
 """Every misconfiguration and misuse (a bad URL, bind, option or key, a
 session or engine used outside an app context, a second init_app, a
-misnamed listener) fails where it happens, with a clear built-in error that names what was wrong and what is
-accepted, and never quotes a password; so does random garbage.
+misnamed listener) fails where it happens, with a clear built-in error that
+names what was wrong and what is accepted, and never quotes a password; so
+does random garbage.
 """
 
 from __future__ import annotations
