@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 import os
 import re
@@ -54,7 +55,9 @@ def app(app: Flask, config: Config) -> Flask:
 
 def here() -> int:
     """The line number of the caller's next line."""
-    return sys._getframe(1).f_lineno + 1
+    frame = inspect.currentframe()
+    assert frame is not None and frame.f_back is not None
+    return frame.f_back.f_lineno + 1
 
 
 def plain_app(
