@@ -56,7 +56,8 @@ def app(app: Flask, config: Config) -> Flask:
 def here() -> int:
     """The line number of the caller's next line."""
     frame = inspect.currentframe()
-    assert frame is not None and frame.f_back is not None
+    assert frame is not None
+    assert frame.f_back is not None
     return frame.f_back.f_lineno + 1
 
 
