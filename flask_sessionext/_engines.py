@@ -12,10 +12,10 @@ import sqlalchemy as sa
 import sqlalchemy.exc as sa_exc
 from sqlalchemy.engine import URL
 
-from . import _fork, _liveness, _sqlite
-from ._hooks import Hooks
+from . import _fork_safety, _liveness, _sqlite_transactions
+from ._listeners import Listeners
 from ._passwords import cause, mask_url
-from ._refusals import MAPPINGS, OPTION_ERRORS, culprit, option_error
+from ._refused_options import MAPPINGS, OPTION_ERRORS, culprit, option_error
 from ._settings import ENGINE_ARGUMENT, BindSettings, Settings
 
 #: The names in SQLAlchemy's "Invalid argument(s) 'a','b' sent to create_engine()".
@@ -53,18 +53,18 @@ def create_engines(settings: Settings) -> dict[str | None, sa.Engine]:
 
 
 def prepare_engines(
-    engines: Mapping[str | None, sa.Engine], settings: Settings, hooks: Hooks
+    engines: Mapping[str | None, sa.Engine], settings: Settings, listeners: Listeners
 ) -> None:
     """Give each engine what the extension adds to it: the transaction fix
     of the ``sqlite3`` driver, the liveness check of PostgreSQL connections
     (where it replaces ``pool_pre_ping``), and fork safety.
     """
     for key, engine in engines.items():
-        if _sqlite.needs_fix(engine):
-            _sqlite.install(engine)
+        if _sqlite_transactions.needs_fix(engine):
+            _sqlite_transactions.install(engine)
         elif settings.binds[key].liveness:
-            _liveness.install(hooks, engine, settings.ping_after_idle)
-    _fork.dispose_in_child(list(engines.values()))
+            _liveness.install(listeners, engine, settings.ping_after_idle)
+    _fork_safety.dispose_in_child(list(engines.values()))
 
 
 def create_engine(bind: BindSettings) -> sa.Engine:

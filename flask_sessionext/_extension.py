@@ -16,17 +16,16 @@ import sqlalchemy.orm as orm
 from flask import Flask, Response, abort, after_this_request, has_request_context
 from flask.ctx import AppContext
 
-from . import _schema, recording
-from ._bridge import report
-from ._compat import in_transaction_block
+from . import _tables, recording
 from ._engines import create_engines, prepare_engines
-from ._hooks import Hooks
-from ._receivers import collected, report_collected
-from ._register import Registration
-from ._register import register as register_listener
+from ._event_signals import report
+from ._listener_objects import Registration, connect_methods
+from ._listeners import Listeners
+from ._receiver_checks import collected, report_collected
 from ._runtime import Runtime
-from ._scoping import Session, app_ctx_scope, engine_for_key, make_sessionmaker
+from ._session import Session, app_ctx_scope, engine_for_key, make_sessionmaker
 from ._settings import commit_on_teardown, read_settings
+from ._sqlalchemy_private import in_transaction_block
 from .cli import cli
 from .signals import session_created, session_removed
 
@@ -70,7 +69,7 @@ class SessionExt:
         session_options: Mapping[str, t.Any] | None = None,
         metadata: sa.MetaData | Sequence[sa.MetaData] | None = None,
     ) -> None:
-        self._metadata = _schema.check_metadata(metadata)
+        self._metadata = _tables.check_metadata(metadata)
         for name, value in (
             ("engine_options", engine_options),
             ("session_options", session_options),
@@ -117,17 +116,17 @@ class SessionExt:
             session_options=self._session_options,
         )
         # Models imported after init_app are checked at their first use.
-        _schema.check_bind_keys(self._metadata, settings.binds)
-        hooks = Hooks()
+        _tables.check_bind_keys(self._metadata, settings.binds)
+        listeners = Listeners()
         engines = create_engines(settings)
-        prepare_engines(engines, settings, hooks)
-        maker = make_sessionmaker(settings, engines, hooks)
+        prepare_engines(engines, settings, listeners)
+        maker = make_sessionmaker(settings, engines, listeners)
         recorder = recording.Recorder(**dataclasses.asdict(settings.recording))
-        runtime = Runtime(app, self, engines, maker, hooks, recorder)
+        runtime = Runtime(app, self, engines, maker, listeners, recorder)
         app.extensions["sessionext"] = runtime
         # What SQLAlchemy holds of the app goes with it: its listeners (see
-        # Hooks.remove_all) and its pools' connections.
-        weakref.finalize(app, _release, hooks, list(engines.values()))
+        # Listeners.remove_all) and its pools' connections.
+        weakref.finalize(app, _release, listeners, list(engines.values()))
         app.teardown_appcontext(self._teardown_session)
         app.cli.add_command(cli)
         runtime.start(app)
@@ -275,8 +274,8 @@ class SessionExt:
         :raise ValueError: a foreign key refers to a table of another bind.
         """
         if not self._metadata:
-            raise RuntimeError(_schema.NO_METADATA)
-        return _schema.split_by_bind(self._metadata, self._engines())
+            raise RuntimeError(_tables.NO_METADATA)
+        return _tables.split_by_bind(self._metadata, self._engines())
 
     @property
     def metadata(self) -> sa.MetaData:
@@ -303,7 +302,7 @@ class SessionExt:
         :raise RuntimeError: no ``metadata`` was given to the extension, or
             no application context is pushed.
         """
-        _schema.create_all(self.metadatas, self._engines())
+        _tables.create_all(self.metadatas, self._engines())
 
     def drop_all(self) -> None:
         """Drop the tables of :attr:`metadatas` from every bind of the
@@ -312,7 +311,7 @@ class SessionExt:
         :raise RuntimeError: no ``metadata`` was given to the extension, or
             no application context is pushed.
         """
-        _schema.drop_all(self.metadatas, self._engines())
+        _tables.drop_all(self.metadatas, self._engines())
 
     def get_recorded_queries(self) -> list[recording.QueryRecord]:
         """The queries the current app context ran, oldest first, on every
@@ -357,7 +356,7 @@ class SessionExt:
             (nothing is connected).
         :raise TypeError: no public method is named like a signal.
         """
-        return register_listener(listener, app)
+        return connect_methods(listener, app)
 
     def on_commit(
         self, func: t.Callable[..., t.Any], /, *args: t.Any, **kwargs: t.Any
@@ -488,10 +487,10 @@ class SessionExt:
             abort(404, description=description)
 
 
-def _release(hooks: Hooks, engines: list[sa.Engine]) -> None:
+def _release(listeners: Listeners, engines: list[sa.Engine]) -> None:
     """Remove the listeners, and close the pooled connections, of an app that
     was garbage-collected.
     """
-    hooks.remove_all()
+    listeners.remove_all()
     for engine in engines:
         engine.dispose()

@@ -28,7 +28,7 @@ from sqlalchemy.pool import QueuePool
 
 from . import _liveness
 from ._passwords import describe, mask_url, quote
-from ._refusals import check_session_options
+from ._refused_options import check_session_options
 
 SynchronizeSession = t.Literal["auto", "evaluate", "fetch", False]
 

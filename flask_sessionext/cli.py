@@ -14,9 +14,9 @@ from flask import Flask, current_app
 from flask.cli import AppGroup
 from sqlalchemy.engine import URL
 
-from ._errors import receiver_name
 from ._passwords import mask_url
-from ._receivers import report_collected
+from ._receiver_checks import report_collected
+from ._receiver_errors import receiver_name
 from .signals import CATALOG, namespace
 
 #: What ``check`` runs: SQLAlchemy renders it for every dialect.

@@ -28,8 +28,8 @@ from flask import Flask, Response
 from flask.ctx import AppContext
 from sqlalchemy.engine.interfaces import ExecutionContext
 
-from ._bridge import quiet_receivers, report
-from ._scoping import app_context_or_none
+from ._event_signals import quiet_receivers, report
+from ._session import app_context_or_none
 from .signals import after_cursor_execute, before_cursor_execute, slow_query
 
 __all__ = ["QueryRecord"]

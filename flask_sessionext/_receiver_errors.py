@@ -158,7 +158,7 @@ def run_operation(
     an interrupt parked before it, outside any operation, after it).
 
     The Session class of each app calls its operations through this while a
-    receiver error may need raising (see ``_scoping.make_session_class``).
+    receiver error may need raising (see ``_session.make_session_class``).
     """
     if _current.get() is not None:  # an operation inside an operation
         return method(session, *args, **kwargs)
