@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
-import inspect
 import typing as t
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
@@ -13,21 +11,18 @@ from contextlib import contextmanager
 import sqlalchemy as sa
 import sqlalchemy.exc as sa_exc
 import sqlalchemy.orm as orm
-from flask import Flask, Response, abort, after_this_request, has_request_context
-from flask.ctx import AppContext
+from flask import Flask, abort
 
 from . import _tables, recording
 from ._engines import create_engines, prepare_engines
-from ._event_signals import report
+from ._lifecycle import create_session, remove_session
 from ._listener_objects import Registration, connect_methods
 from ._listeners import Listeners
-from ._receiver_checks import collected, report_collected
 from ._runtime import Runtime
 from ._session import Session, app_ctx_scope, engine_for_key, make_sessionmaker
-from ._settings import commit_on_teardown, read_settings
+from ._settings import read_settings
 from ._sqlalchemy_private import in_transaction_block
 from .cli import cli
-from .signals import session_created, session_removed
 
 _O = t.TypeVar("_O")
 
@@ -144,69 +139,12 @@ class SessionExt:
         return self._get_state(app_ctx_scope().app)
 
     def _make_session(self, **kwargs: t.Any) -> Session:
-        app = app_ctx_scope().app
-        session = self._get_state(app).sessionmaker(**kwargs)
-        if has_request_context():
-            # Only requests that have a session pay for the check.
-            after_this_request(self._keep_session_for_stream)
-        if session_created.receivers:
-            report(session_created, app, session=session)
-        return session
-
-    def _keep_session_for_stream(self, response: Response) -> Response:
-        """Keep the session of a streamed response until the response is
-        closed: ``stream_with_context`` pushes the same app context again
-        while the body streams, after its first teardown, and the generator
-        must find the view's session and the objects it loaded.
-        """
-        if response.is_streamed:
-            ctx = app_ctx_scope()
-            body = response.response
-            # Only a body that will push this context again, as the generator
-            # of stream_with_context does (Flask >= 3.1), holds it; any other
-            # streamed body (a file, an error page) runs without it.
-            if inspect.isgenerator(body) and any(
-                value is ctx for value in inspect.getgeneratorlocals(body).values()
-            ):
-                self._get_state(ctx.app).streams[ctx] = "streaming"
-                response.call_on_close(functools.partial(self._end_stream, ctx))
-        return response
-
-    def _end_stream(self, ctx: AppContext) -> None:
-        """At the close of a streamed response: remove the session kept for
-        it, if no teardown of its context did (the stream was never read, or
-        read without ``stream_with_context``).
-        """
-        if self._get_state(ctx.app).streams.get(ctx) == "kept":
-            with ctx:  # its teardown removes the session
-                pass
+        ctx = app_ctx_scope()
+        return create_session(self._get_state(ctx.app), ctx, **kwargs)
 
     def _teardown_session(self, exc: BaseException | None) -> None:
-        ctx = app_ctx_scope()
-        app = ctx.app
-        state = self._get_state(app)
-        if state.streams:
-            stream = state.streams.pop(ctx, None)
-            if stream == "streaming":  # the body has yet to stream
-                state.streams[ctx] = "kept"
-                return
-        if collected:  # a weakly connected receiver died: say so
-            report_collected(app)
-        state.collect()  # a safe point to remove listeners
-        registry = self._session.registry
-        if not registry.has():
-            return
-        session = registry()
-        try:
-            if exc is None and commit_on_teardown(app):
-                session.commit()
-        finally:
-            try:
-                session.close()
-            finally:
-                registry.clear()
-                if session_removed.receivers:
-                    report(session_removed, app, session=session, exception=exc)
+        state = self._get_state(app_ctx_scope().app)
+        remove_session(state, self._session.registry, exc)
 
     @property
     def session(self) -> orm.scoped_session[Session]:
