@@ -12,7 +12,18 @@ import statistics
 import time
 import typing as t
 
+from flask.ctx import AppContext
+from flask.globals import app_ctx
+from werkzeug.local import LocalProxy
+
 Case = t.Callable[[int], None]
+
+#: The current app context, by Flask's public name: the scope of the
+#: hand-written ``scoped_session`` of the plain-SQLAlchemy adapters, as
+#: Flask-SQLAlchemy scopes its session (through the private variable).
+current_app_context: t.Callable[[], AppContext] = t.cast(
+    "LocalProxy[AppContext]", app_ctx
+)._get_current_object
 
 
 def measure(

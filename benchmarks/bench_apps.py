@@ -19,11 +19,12 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 from flask import Flask
-from flask.globals import _cv_app
 from sqlalchemy import orm
 from werkzeug.test import EnvironBuilder
 
 from flask_sessionext import SessionExt, signals
+
+from ._harness import current_app_context
 
 WORKLOADS = ("nodb", "empty", "read", "write", "bulk")
 ADAPTERS = (
@@ -108,7 +109,9 @@ def _raw(url: str, pre_ping: bool = False) -> Adapter:
     app = Flask("raw_pre_ping" if pre_ping else "raw")
     # With pool_pre_ping: what a careful hand-written app does for resilience.
     engine = sa.create_engine(url, pool_pre_ping=pre_ping)
-    scoped = orm.scoped_session(orm.sessionmaker(bind=engine), scopefunc=_cv_app.get)
+    scoped = orm.scoped_session(
+        orm.sessionmaker(bind=engine), scopefunc=current_app_context
+    )
 
     @app.teardown_appcontext
     def remove(exc: BaseException | None) -> None:

@@ -31,13 +31,12 @@ from collections.abc import Iterator
 
 import sqlalchemy as sa
 from flask import Flask
-from flask.globals import _cv_app
 from sqlalchemy import orm
 from sqlalchemy.pool import StaticPool
 
 from flask_sessionext import SessionExt, signals
 
-from ._harness import measure, report
+from ._harness import current_app_context, measure, report
 from .bench_apps import Base
 from .bench_apps import User as Row
 
@@ -63,7 +62,9 @@ def _raw() -> Run:
     app = Flask("raw")
     engine = sa.create_engine("sqlite://", poolclass=StaticPool)
     Base.metadata.create_all(engine)
-    session = orm.scoped_session(orm.sessionmaker(bind=engine), scopefunc=_cv_app.get)
+    session = orm.scoped_session(
+        orm.sessionmaker(bind=engine), scopefunc=current_app_context
+    )
     app.teardown_appcontext(lambda exc: session.remove())
     return _commits(app, session, Row)
 

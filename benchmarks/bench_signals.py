@@ -17,13 +17,12 @@ import typing as t
 
 import sqlalchemy as sa
 from flask import Flask
-from flask.globals import _cv_app
 from sqlalchemy import orm
 from sqlalchemy.pool import StaticPool
 
 from flask_sessionext import SessionExt, signals
 
-from ._harness import measure, report
+from ._harness import current_app_context, measure, report
 
 STATEMENT = sa.select(sa.literal(1))
 
@@ -40,7 +39,9 @@ def _raw_case(listener: bool) -> t.Callable[[int], None]:
         def count(conn: t.Any, cursor: t.Any, statement: str, *args: t.Any) -> None:
             counter[0] += 1
 
-    session = orm.scoped_session(orm.sessionmaker(bind=engine), scopefunc=_cv_app.get)
+    session = orm.scoped_session(
+        orm.sessionmaker(bind=engine), scopefunc=current_app_context
+    )
     app.teardown_appcontext(lambda exc: session.remove())
 
     def run(n: int) -> None:

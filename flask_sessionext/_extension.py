@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import functools
-import inspect
+import dataclasses
 import typing as t
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
@@ -12,32 +11,20 @@ from contextlib import contextmanager
 import sqlalchemy as sa
 import sqlalchemy.exc as sa_exc
 import sqlalchemy.orm as orm
-from flask import Flask, Response, abort, after_this_request, has_request_context
-from flask.ctx import AppContext
+from flask import Flask, abort
 
-from . import _config, _fork, _liveness, _schema, _sqlite, recording
-from ._bridge import report
-from ._compat import in_transaction_block
-from ._hooks import Hooks
-from ._receivers import collected, report_collected
-from ._register import Registration
-from ._register import register as register_listener
+from . import _tables, recording
+from ._engines import create_engines, prepare_engines
+from ._lifecycle import create_session, remove_session
+from ._listener_objects import Registration, connect_methods
+from ._listeners import Listeners
 from ._runtime import Runtime
-from ._scoping import (
-    Session,
-    app_ctx_scope,
-    engine_for_key,
-    make_session_class,
-)
+from ._session import Session, app_ctx_scope, engine_for_key, make_sessionmaker
+from ._settings import read_settings
+from ._sqlalchemy_private import in_transaction_block
 from .cli import cli
-from .signals import session_created, session_removed
 
 _O = t.TypeVar("_O")
-
-#: SQLAlchemy 2.1 takes session-wide execution options; 2.0 needs a listener.
-SESSION_EXECUTION_OPTIONS = (
-    "execution_options" in inspect.signature(orm.Session).parameters
-)
 
 _DEPTH = "sessionext.transaction_depth"
 
@@ -77,7 +64,7 @@ class SessionExt:
         session_options: Mapping[str, t.Any] | None = None,
         metadata: sa.MetaData | Sequence[sa.MetaData] | None = None,
     ) -> None:
-        self._metadata = _schema.check_metadata(metadata)
+        self._metadata = _tables.check_metadata(metadata)
         for name, value in (
             ("engine_options", engine_options),
             ("session_options", session_options),
@@ -118,52 +105,26 @@ class SessionExt:
                 f"The Flask app {app.name!r} already has a SessionExt; an app"
                 " takes one. Use that instance, or a new Flask app."
             )
-        _config.get_bool(app, "SESSIONEXT_COMMIT_ON_TEARDOWN", False)
-        recorder = recording.from_config(app)
-        synchronize = _config.get_synchronize_session(app)
-        ping_after_idle = _config.get_ping_after_idle(app)
-        options = _config.get_options(
-            app, "SESSIONEXT_SESSION_OPTIONS", self._session_options
+        settings = read_settings(
+            app,
+            engine_options=self._engine_options,
+            session_options=self._session_options,
         )
-        hooks = Hooks()
-        binds = _config.get_bind_configs(app, self._engine_options)
         # Models imported after init_app are checked at their first use.
-        _schema.check_bind_keys(self._metadata, binds)
-        engines: dict[str | None, sa.Engine] = {}
-        for key, bind in binds.items():
-            where = (
-                "SESSIONEXT_DATABASE_URI"
-                if key is None
-                else f"SESSIONEXT_BINDS[{key!r}]"
-            )
-            engine = engines[key] = _config.create_engine(
-                app, where, bind, ping_after_idle
-            )
-            if _sqlite.needs_fix(engine):
-                _sqlite.install(engine)
-            elif _liveness.replaces_pre_ping(engine.url, bind, ping_after_idle):
-                _liveness.install(hooks, engine, ping_after_idle)
-
-        _fork.dispose_in_child(list(engines.values()))
-        session_class = make_session_class(options.pop("class_", None), engines)
-        if synchronize is not None and SESSION_EXECUTION_OPTIONS:
-            options["execution_options"] = {
-                "synchronize_session": synchronize,
-                **options.get("execution_options", {}),
-            }
-        maker = orm.sessionmaker(bind=engines[None], class_=session_class, **options)
-        if synchronize is not None and not SESSION_EXECUTION_OPTIONS:
-            hooks.add(maker.class_, "do_orm_execute", _synchronize_handler(synchronize))
-
-        runtime = Runtime(app, self, engines, maker, hooks, recorder)
+        _tables.check_bind_keys(self._metadata, settings.binds)
+        listeners = Listeners()
+        engines = create_engines(settings)
+        prepare_engines(engines, settings, listeners)
+        maker = make_sessionmaker(settings, engines, listeners)
+        recorder = recording.Recorder(**dataclasses.asdict(settings.recording))
+        runtime = Runtime(app, self, engines, maker, listeners, recorder)
         app.extensions["sessionext"] = runtime
         # What SQLAlchemy holds of the app goes with it: its listeners (see
-        # Hooks.remove_all) and its pools' connections.
-        weakref.finalize(app, _release, hooks, list(engines.values()))
+        # Listeners.remove_all) and its pools' connections.
+        weakref.finalize(app, _release, listeners, list(engines.values()))
         app.teardown_appcontext(self._teardown_session)
         app.cli.add_command(cli)
         runtime.start(app)
-        recorder.install(app)
 
     def _get_state(self, app: Flask) -> Runtime:
         state: Runtime | None = app.extensions.get("sessionext")
@@ -178,69 +139,12 @@ class SessionExt:
         return self._get_state(app_ctx_scope().app)
 
     def _make_session(self, **kwargs: t.Any) -> Session:
-        app = app_ctx_scope().app
-        session = self._get_state(app).sessionmaker(**kwargs)
-        if has_request_context():
-            # Only requests that have a session pay for the check.
-            after_this_request(self._keep_session_for_stream)
-        if session_created.receivers:
-            report(session_created, app, session=session)
-        return session
-
-    def _keep_session_for_stream(self, response: Response) -> Response:
-        """Keep the session of a streamed response until the response is
-        closed: ``stream_with_context`` pushes the same app context again
-        while the body streams, after its first teardown, and the generator
-        must find the view's session and the objects it loaded.
-        """
-        if response.is_streamed:
-            ctx = app_ctx_scope()
-            body = response.response
-            # Only a body that will push this context again, as the generator
-            # of stream_with_context does (Flask >= 3.1), holds it; any other
-            # streamed body (a file, an error page) runs without it.
-            if inspect.isgenerator(body) and any(
-                value is ctx for value in inspect.getgeneratorlocals(body).values()
-            ):
-                self._get_state(ctx.app).streams[ctx] = "streaming"
-                response.call_on_close(functools.partial(self._end_stream, ctx))
-        return response
-
-    def _end_stream(self, ctx: AppContext) -> None:
-        """At the close of a streamed response: remove the session kept for
-        it, if no teardown of its context did (the stream was never read, or
-        read without ``stream_with_context``).
-        """
-        if self._get_state(ctx.app).streams.get(ctx) == "kept":
-            with ctx:  # its teardown removes the session
-                pass
+        ctx = app_ctx_scope()
+        return create_session(self._get_state(ctx.app), ctx, **kwargs)
 
     def _teardown_session(self, exc: BaseException | None) -> None:
-        ctx = app_ctx_scope()
-        app = ctx.app
-        state = self._get_state(app)
-        if state.streams:
-            stream = state.streams.pop(ctx, None)
-            if stream == "streaming":  # the body has yet to stream
-                state.streams[ctx] = "kept"
-                return
-        if collected:  # a weakly connected receiver died: say so
-            report_collected(app)
-        state.collect()  # a safe point to remove listeners
-        registry = self._session.registry
-        if not registry.has():
-            return
-        session = registry()
-        try:
-            if exc is None and app.config.get("SESSIONEXT_COMMIT_ON_TEARDOWN"):
-                session.commit()
-        finally:
-            try:
-                session.close()
-            finally:
-                registry.clear()
-                if session_removed.receivers:
-                    report(session_removed, app, session=session, exception=exc)
+        state = self._get_state(app_ctx_scope().app)
+        remove_session(state, self._session.registry, exc)
 
     @property
     def session(self) -> orm.scoped_session[Session]:
@@ -308,8 +212,8 @@ class SessionExt:
         :raise ValueError: a foreign key refers to a table of another bind.
         """
         if not self._metadata:
-            raise RuntimeError(_schema.NO_METADATA)
-        return _schema.split_by_bind(self._metadata, self._engines())
+            raise RuntimeError(_tables.NO_METADATA)
+        return _tables.split_by_bind(self._metadata, self._engines())
 
     @property
     def metadata(self) -> sa.MetaData:
@@ -336,7 +240,7 @@ class SessionExt:
         :raise RuntimeError: no ``metadata`` was given to the extension, or
             no application context is pushed.
         """
-        _schema.create_all(self.metadatas, self._engines())
+        _tables.create_all(self.metadatas, self._engines())
 
     def drop_all(self) -> None:
         """Drop the tables of :attr:`metadatas` from every bind of the
@@ -345,7 +249,7 @@ class SessionExt:
         :raise RuntimeError: no ``metadata`` was given to the extension, or
             no application context is pushed.
         """
-        _schema.drop_all(self.metadatas, self._engines())
+        _tables.drop_all(self.metadatas, self._engines())
 
     def get_recorded_queries(self) -> list[recording.QueryRecord]:
         """The queries the current app context ran, oldest first, on every
@@ -390,7 +294,7 @@ class SessionExt:
             (nothing is connected).
         :raise TypeError: no public method is named like a signal.
         """
-        return register_listener(listener, app)
+        return connect_methods(listener, app)
 
     def on_commit(
         self, func: t.Callable[..., t.Any], /, *args: t.Any, **kwargs: t.Any
@@ -521,26 +425,10 @@ class SessionExt:
             abort(404, description=description)
 
 
-def _release(hooks: Hooks, engines: list[sa.Engine]) -> None:
+def _release(listeners: Listeners, engines: list[sa.Engine]) -> None:
     """Remove the listeners, and close the pooled connections, of an app that
     was garbage-collected.
     """
-    hooks.remove_all()
+    listeners.remove_all()
     for engine in engines:
         engine.dispose()
-
-
-def _synchronize_handler(
-    synchronize: _config.SynchronizeSession,
-) -> t.Callable[[orm.ORMExecuteState], None]:
-    """A ``do_orm_execute`` handler that sets the default
-    ``synchronize_session`` of ORM-enabled UPDATE and DELETE statements.
-    """
-
-    def handler(state: orm.ORMExecuteState) -> None:
-        if (state.is_update or state.is_delete) and (
-            "synchronize_session" not in state.execution_options
-        ):
-            state.update_execution_options(synchronize_session=synchronize)
-
-    return handler

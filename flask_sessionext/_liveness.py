@@ -27,7 +27,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.engine.interfaces import Dialect
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
-from ._hooks import Hooks
+from ._listeners import Listeners
 
 #: The key of ``ConnectionPoolEntry.info`` that holds the monotonic time at
 #: which the connection was last checked in; SQLAlchemy clears ``info`` when
@@ -60,7 +60,7 @@ def replaces_pre_ping(
     )
 
 
-def install(hooks: Hooks, engine: sa.Engine, after_idle: float) -> None:
+def install(listeners: Listeners, engine: sa.Engine, after_idle: float) -> None:
     """Check each connection of ``engine``'s pool at checkout: replace it when
     the server has closed it, and ping it when it has been idle for more than
     ``after_idle`` seconds.
@@ -89,8 +89,8 @@ def install(hooks: Hooks, engine: sa.Engine, after_idle: float) -> None:
             ping(dialect, dbapi_connection)
 
     # Before any receiver of the checkout signal: they see live connections.
-    hooks.add(engine, "checkout", checkout)
-    hooks.add(engine, "checkin", checkin)
+    listeners.add(engine, "checkout", checkout)
+    listeners.add(engine, "checkin", checkin)
 
 
 def ping(dialect: Dialect, dbapi_connection: t.Any) -> None:

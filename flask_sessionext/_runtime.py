@@ -2,7 +2,7 @@
 
 :meth:`SessionExt.init_app` builds one :class:`Runtime` per app and keeps it
 in ``app.extensions["sessionext"]``; nothing of an app is kept anywhere else.
-The runtime owns the app's SQLAlchemy listeners (:class:`~._hooks.Hooks`)
+The runtime owns the app's SQLAlchemy listeners (:class:`~._listeners.Listeners`)
 and the features that need them, and subscribes once, weakly, to receiver
 changes of every signal: on each connect or disconnect it brings each
 feature's listeners in line with the receivers (:meth:`Runtime.refresh`), and
@@ -27,11 +27,11 @@ from flask import Flask
 from flask.ctx import AppContext
 
 from . import recording
-from ._bridge import SignalBridge
-from ._changes import ChangeTracker
-from ._errors import raise_parked
-from ._hooks import Hooks
-from ._scoping import OPERATIONS, Session
+from ._event_signals import SignalBridge
+from ._listeners import Listeners
+from ._model_changes import ChangeTracker
+from ._receiver_errors import raise_parked
+from ._session import OPERATIONS, Session
 from .signals import CATALOG, namespace, slow_query
 
 if t.TYPE_CHECKING:
@@ -115,7 +115,7 @@ class Runtime:
         extension: SessionExt,
         engines: Mapping[str | None, sa.Engine],
         sessionmaker: orm.sessionmaker[Session],
-        hooks: Hooks,
+        listeners: Listeners,
         recorder: recording.Recorder,
     ) -> None:
         self.app = weakref.ref(app)
@@ -124,13 +124,13 @@ class Runtime:
         self.engines = MappingProxyType(dict(engines))
         self.sessionmaker = sessionmaker
         self.session_class = sessionmaker.class_
-        self.hooks = hooks
+        self.listeners = listeners
         self.recorder = recorder
-        self.bridge = SignalBridge(self.app, self.session_class, engines, hooks)
+        self.bridge = SignalBridge(self.app, self.session_class, engines, listeners)
         self.changes = ChangeTracker(
             self.app,
             self.session_class,
-            hooks,
+            listeners,
             signal_events=FEATURES["model changes"].listens,
             callback_events=FEATURES["on_commit callbacks"].listens,
             callbacks_started=self.refresh,
@@ -149,8 +149,8 @@ class Runtime:
         self._lock = threading.RLock()
 
     def start(self, app: Flask) -> None:
-        """Subscribe to receiver changes, and install what the receivers
-        already connected need.
+        """Subscribe to receiver changes, turn on query recording as the
+        settings say, and install what the receivers already connected need.
         """
         if raise_parked not in app.teardown_appcontext_funcs:
             # First in the list, so Flask runs it last, once the session of the
@@ -161,6 +161,7 @@ class Runtime:
             # runtime are gone.
             signal.receiver_connected.connect(self._receivers_changed)
             signal.receiver_disconnected.connect(self._receivers_changed)
+        self.recorder.install(app)
         self.refresh()
 
     def _receivers_changed(self, signal: object, **kwargs: object) -> None:
@@ -177,7 +178,7 @@ class Runtime:
         with self._lock:
             self.bridge.refresh()
             self.changes.refresh()
-            self.hooks.flush_pending()
+            self.listeners.flush_pending()
             raises_after: frozenset[str] = frozenset()
             if self.bridge.may_raise():
                 raises_after |= FEATURES["bridged signals"].raises_after
@@ -203,7 +204,7 @@ class Runtime:
         """
         if (
             self.bridge.has_dead_receivers()
-            or self.hooks.pending
+            or self.listeners.pending
             or self.changes.has_dead_receivers()
         ):
             self.refresh()

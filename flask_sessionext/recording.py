@@ -36,10 +36,8 @@ from flask import Flask, Response
 from flask.ctx import AppContext
 from sqlalchemy.engine.interfaces import ExecutionContext
 
-from . import _config
-from ._bridge import report
-from ._options import quote
-from ._scoping import _current_app_context
+from ._event_signals import report
+from ._session import _current_app_context
 from .signals import slow_query
 
 __all__ = ["QueryRecord"]
@@ -481,50 +479,3 @@ def dropped(ctx: AppContext) -> int:
     if queries is None or queries.records is None:
         return 0
     return queries.count - len(queries.records)
-
-
-def from_config(app: Flask) -> Recorder:
-    """Read and check the recording keys of ``app``'s config.
-
-    :raise TypeError: a key has a value of the wrong type.
-    :raise ValueError: a number is out of range.
-    """
-    return Recorder(
-        record=_config.get_bool(
-            app, "SESSIONEXT_RECORD_QUERIES", app.debug or app.testing
-        ),
-        limit=_get_limit(app),
-        parameters=_config.get_bool(app, "SESSIONEXT_RECORD_PARAMETERS", app.debug),
-        threshold=_get_threshold(app),
-        server_timing=_config.get_bool(app, "SESSIONEXT_SERVER_TIMING", False),
-        root_path=app.root_path,
-    )
-
-
-def _get_limit(app: Flask) -> int | None:
-    key = "SESSIONEXT_RECORD_QUERIES_LIMIT"
-    value = app.config.get(key, 1000)
-    accepted = "an int of at least 1, or None for no limit"
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"'{key}' must be {accepted}, not {quote(value)}.")
-    if value < 1:
-        raise ValueError(
-            f"'{key}' must be {accepted}, not {quote(value)}. To record nothing, set"
-            " 'SESSIONEXT_RECORD_QUERIES' to False."
-        )
-    return value
-
-
-def _get_threshold(app: Flask) -> float | None:
-    key = "SESSIONEXT_SLOW_QUERY_THRESHOLD"
-    value = app.config.get(key)
-    accepted = "a number of seconds of at least 0, or None for no reports"
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"'{key}' must be {accepted}, not {quote(value)}.")
-    if not value >= 0:  # NaN too
-        raise ValueError(f"'{key}' must be {accepted}, not {quote(value)}.")
-    return float(value)

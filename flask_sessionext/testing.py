@@ -247,17 +247,17 @@ def rollback(app: Flask) -> Iterator[Flask]:
             outers[key] = outer
             engines[key] = _JoinedEngine(engine, {}, (outer, block))
         stack.enter_context(state.join_transactions(outers, engines))
-        hooks: list[tuple[t.Any, str, t.Callable[..., None]]] = [
+        listeners: list[tuple[t.Any, str, t.Callable[..., None]]] = [
             (state.session_class, "after_begin", block.track),
             (state.session_class, "before_attach", block.attached),
         ]
-        hooks += [
+        listeners += [
             (engine, "engine_connect", _warn_uncovered)
             for engine in state.engines.values()
         ]
-        for target, identifier, handler in hooks:
-            state.hooks.add(target, identifier, handler)
-            stack.callback(state.hooks.remove, target, identifier, handler)
+        for target, identifier, handler in listeners:
+            state.listeners.add(target, identifier, handler)
+            stack.callback(state.listeners.remove, target, identifier, handler)
         stack.callback(block.close)
         yield app
 

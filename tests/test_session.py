@@ -11,7 +11,7 @@ from flask import Flask
 from flask.ctx import AppContext
 from sqlalchemy import orm
 
-from flask_sessionext import SessionExt, _scoping
+from flask_sessionext import SessionExt, _session
 
 from helpers import checked_out, count_rows, open_sessions
 from models import Base, Entry, Item, User
@@ -313,5 +313,5 @@ def test_every_session_method_is_sorted() -> None:
         for name in dir(orm.Session)
         if not name.startswith("_") and callable(getattr(orm.Session, name))
     }
-    assert public - _scoping.OPERATIONS - _scoping.IN_MEMORY == set()
-    assert not _scoping.OPERATIONS & _scoping.IN_MEMORY
+    assert public - _session.OPERATIONS - _session.IN_MEMORY == set()
+    assert not _session.OPERATIONS & _session.IN_MEMORY

@@ -168,7 +168,8 @@ NOT_ON_SQLITE = {
 
 
 def test_catalog_is_complete() -> None:
-    """The catalog bridges the 55 events of SPEC 5, each with a signal of the
+    """The catalog bridges 55 SQLAlchemy events (25 session, 18 connection,
+    10 pool, 2 dialect), each with a signal of the
     same name in the namespace and a trigger in this module.
     """
     by_target: dict[str, int] = {}

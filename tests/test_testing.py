@@ -516,11 +516,11 @@ def test_rollback_restores_sessionmaker(app: Flask, db: SessionExt) -> None:
     state = app.extensions["sessionext"]
     options = dict(state.sessionmaker.kw)
     targets = [state.sessionmaker.class_, *state.engines.values()]
-    listeners = [state.hooks.count(target) for target in targets]
+    listeners = [state.listeners.count(target) for target in targets]
     with rollback(app):
         assert state.sessionmaker.kw["join_transaction_mode"] == "create_savepoint"
     assert state.sessionmaker.kw == options
-    assert [state.hooks.count(target) for target in targets] == listeners
+    assert [state.listeners.count(target) for target in targets] == listeners
     assert state.engine_override is None
 
 

@@ -7,7 +7,7 @@ import sqlalchemy as sa
 from flask import Flask
 from flask.ctx import AppContext
 
-from flask_sessionext import SessionExt, _extension
+from flask_sessionext import SessionExt, _settings
 
 from helpers import checked_out, count_rows
 from models import Base, User
@@ -155,8 +155,8 @@ def test_synchronize_session_default(
     or SQLAlchemy 2.0's do_orm_execute listener).
     """
     if listener:
-        monkeypatch.setattr(_extension, "SESSION_EXECUTION_OPTIONS", False)
-    elif not _extension.SESSION_EXECUTION_OPTIONS:
+        monkeypatch.setattr(_settings, "SESSION_EXECUTION_OPTIONS", False)
+    elif not _settings.SESSION_EXECUTION_OPTIONS:
         pytest.skip("SQLAlchemy 2.0 has no session-wide execution options")
     app.config["SESSIONEXT_SYNCHRONIZE_SESSION"] = False
     db = SessionExt(app)

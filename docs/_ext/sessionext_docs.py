@@ -3,6 +3,9 @@
 ``.. sessionext-catalog::``
     The signal catalog table, made by ``flask_sessionext.cli.catalog_rst()``
     from ``flask_sessionext.signals.CATALOG``.
+``.. sessionext-features::``
+    The table of what each feature sends and listens to, made by
+    ``flask_sessionext.cli.features_rst()`` from the runtime's ``FEATURES``.
 ``.. sessionext-signals::``
     A ``.. data::`` entry for each signal of ``flask_sessionext.signals``,
     with the docstring the catalog generates.
@@ -27,7 +30,7 @@ from sphinx import addnodes
 from sphinx.application import Sphinx
 from sphinx.util.docutils import SphinxDirective
 
-from flask_sessionext.cli import catalog_rst
+from flask_sessionext.cli import catalog_rst, features_rst
 from flask_sessionext.signals import namespace
 
 RESULTS = Path(__file__).parents[2] / "benchmarks" / "results" / "results.md"
@@ -61,6 +64,13 @@ _EVENT_MODULES = {
     "PoolEvents": "sqlalchemy.events",
     "DialectEvents": "sqlalchemy.events",
 }
+
+
+class FeaturesDirective(_GeneratedDirective):
+    """The table of the extension's features and the listeners each needs."""
+
+    def lines(self) -> list[str]:
+        return features_rst().splitlines()
 
 
 class CatalogDirective(_GeneratedDirective):
@@ -236,6 +246,7 @@ def break_points(app: Sphinx, doctree: nodes.document, docname: str) -> None:
 def setup(app: Sphinx) -> dict[str, t.Any]:
     app.connect("doctree-resolved", break_points)
     app.add_directive("sessionext-catalog", CatalogDirective)
+    app.add_directive("sessionext-features", FeaturesDirective)
     app.add_directive("sessionext-signals", SignalsDirective)
     app.add_directive("sessionext-benchmarks", BenchmarksDirective)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 import waitress  # type: ignore[import-untyped]
 from flask import Flask, g
-from flask.globals import _cv_app
+from flask.globals import app_ctx
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from waitress import wasyncore
 
@@ -137,7 +137,7 @@ def create_app(
         return {
             "rid": rid,
             "session": id(session),
-            "context": id(_cv_app.get()),
+            "context": id(app_ctx._get_current_object()),  # type: ignore[attr-defined]
             "own": db.session() is session and session.info["rid"] == rid,
             "thread": threading.get_ident(),
             "started": started,

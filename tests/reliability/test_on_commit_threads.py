@@ -12,7 +12,7 @@ import pytest
 from flask import Flask
 
 from flask_sessionext import SessionExt
-from flask_sessionext._hooks import Hooks
+from flask_sessionext._listeners import Listeners
 
 THREADS = 8
 COMMITS = 5_000
@@ -40,13 +40,13 @@ def test_callback_listeners_stay_while_threads_commit(
     committed = threading.Event()
     registered = threading.Event()
     removed: list[str] = []
-    original = Hooks.remove
+    original = Listeners.remove
 
-    def remove(self: Hooks, target: t.Any, identifier: str, handler: t.Any) -> None:
+    def remove(self: Listeners, target: t.Any, identifier: str, handler: t.Any) -> None:
         removed.append(identifier)
         original(self, target, identifier, handler)
 
-    monkeypatch.setattr(Hooks, "remove", remove)
+    monkeypatch.setattr(Listeners, "remove", remove)
     ran: list[str] = []
 
     def first() -> None:

@@ -1,5 +1,7 @@
 """Receivers that raise in every "after" signal, and a view that raises
-after flushing: SPEC section 5's policy, request after request on one thread.
+after flushing: each error is logged, or raised after the session operation
+with SESSIONEXT_RAISE_RECEIVER_ERRORS, and the session stays usable, request
+after request on one thread.
 """
 
 from __future__ import annotations

@@ -61,7 +61,7 @@ def _receiver(method: t.Callable[..., t.Any]) -> t.Callable[..., t.Any]:
     return receiver
 
 
-def register(listener: object, app: Flask | None) -> Registration:
+def connect_methods(listener: object, app: Flask | None) -> Registration:
     """Connect each public method of ``listener`` named like a signal, with a
     strong reference, to ``app``'s sends or (``None``) to every app's.
 

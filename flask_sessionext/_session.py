@@ -16,8 +16,11 @@ from flask.globals import app_ctx
 from sqlalchemy.sql import visitors
 from werkzeug.local import LocalProxy
 
-from ._compat import all_registries
-from ._errors import run_operation
+from . import _settings
+from ._listeners import Listeners
+from ._receiver_errors import run_operation
+from ._settings import Settings, SynchronizeSession
+from ._sqlalchemy_private import all_registries
 
 NO_APP_CONTEXT = (
     "Working outside of an application context: there is no Session to use."
@@ -50,7 +53,7 @@ def app_context_or_none() -> AppContext | None:
 
 #: The methods of SQLAlchemy's Session that run SQL or end a transaction: the
 #: session operations after which a receiver's error is raised (see
-#: :mod:`._errors`). ``tests/test_session.py`` sorts every public method of
+#: :mod:`._receiver_errors`). ``tests/test_session.py`` sorts every public method of
 #: the installed SQLAlchemy's Session into these or :data:`IN_MEMORY`, so a
 #: method that a new SQLAlchemy adds fails that test until it is sorted.
 OPERATIONS = frozenset(
@@ -116,7 +119,7 @@ def _operation(name: str, method: _F) -> _F:
     """``method`` of the Session, made a session operation: while the app's
     runtime says that a receiver error raised in it may need raising
     (:attr:`Session._sessionext_deferring`), it runs through
-    :func:`~._errors.run_operation`; otherwise it is called as it is.
+    :func:`~._receiver_errors.run_operation`; otherwise it is called as it is.
     """
 
     @functools.wraps(method)
@@ -303,3 +306,37 @@ def make_session_class(
     namespace["_sessionext_router"] = BindRouter(engines)
     bases: tuple[type, ...] = (Session,) if after is orm.Session else (Session, after)
     return t.cast(type[Session], type("Session", bases, namespace))
+
+
+def make_sessionmaker(
+    settings: Settings, engines: Mapping[str | None, sa.Engine], listeners: Listeners
+) -> orm.sessionmaker[Session]:
+    """The sessionmaker of one app: its Session class, its options, and the
+    default ``synchronize_session`` (through the Session's execution options
+    on SQLAlchemy 2.1, where the settings put it; through a ``do_orm_execute``
+    listener on 2.0).
+    """
+    session_class = make_session_class(settings.session_class, engines)
+    maker = orm.sessionmaker(
+        bind=engines[None], class_=session_class, **settings.session_options
+    )
+    synchronize = settings.synchronize_session
+    if synchronize is not None and not _settings.SESSION_EXECUTION_OPTIONS:
+        listeners.add(maker.class_, "do_orm_execute", _synchronize_handler(synchronize))
+    return maker
+
+
+def _synchronize_handler(
+    synchronize: SynchronizeSession,
+) -> t.Callable[[orm.ORMExecuteState], None]:
+    """A ``do_orm_execute`` handler that sets the default
+    ``synchronize_session`` of ORM-enabled UPDATE and DELETE statements.
+    """
+
+    def handler(state: orm.ORMExecuteState) -> None:
+        if (state.is_update or state.is_delete) and (
+            "synchronize_session" not in state.execution_options
+        ):
+            state.update_execution_options(synchronize_session=synchronize)
+
+    return handler

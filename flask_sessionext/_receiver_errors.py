@@ -23,6 +23,8 @@ from contextvars import ContextVar
 
 from flask import Flask
 
+from ._settings import raise_receiver_errors
+
 
 class _Operation:
     """The session operation that is running: the receiver errors to raise
@@ -82,7 +84,7 @@ def receiver_failed(app: Flask, name: str, receiver: object, error: Exception) -
     operation = _current.get()
     if operation is None or operation.errors:
         return
-    if app.config.get("SESSIONEXT_RAISE_RECEIVER_ERRORS", app.testing):
+    if raise_receiver_errors(app):
         operation.errors.append(error)
 
 
@@ -156,7 +158,7 @@ def run_operation(
     an interrupt parked before it, outside any operation, after it).
 
     The Session class of each app calls its operations through this while a
-    receiver error may need raising (see ``_scoping.make_session_class``).
+    receiver error may need raising (see ``_session.make_session_class``).
     """
     if _current.get() is not None:  # an operation inside an operation
         return method(session, *args, **kwargs)

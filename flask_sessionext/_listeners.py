@@ -16,42 +16,53 @@ import typing as t
 import sqlalchemy as sa
 from sqlalchemy import event
 
-from ._compat import clear_event_flags
+from ._sqlalchemy_private import clear_event_flags
 
 Handler = t.Callable[..., t.Any]
 
 
-class _Hook:
+class _Listener:
     """The installed listener of one event on one target, and its handlers."""
 
-    __slots__ = ("dispatching", "handlers", "identifier", "listener", "target")
+    __slots__ = ("_active", "function", "handlers", "identifier", "target")
 
     def __init__(self, target: t.Any, identifier: str) -> None:
         self.target = target
         self.identifier = identifier
         #: Replaced, never mutated, so a dispatch in progress is not disturbed.
         self.handlers: tuple[Handler, ...] = ()
-        self.dispatching = 0
+        #: One item per dispatch running now, in any thread. ``list.append``
+        #: and ``list.pop`` are atomic, where ``count += 1`` on an attribute
+        #: is a read and a write that two threads may interleave (and lose a
+        #: count, so a listener would be removed during its dispatch).
+        self._active: list[None] = []
+        active = self._active
 
         def listener(*args: t.Any) -> None:
-            self.dispatching += 1
+            active.append(None)
             try:
                 for handler in self.handlers:
                     handler(*args)
             finally:
-                self.dispatching -= 1
+                active.pop()
 
-        self.listener = listener
+        self.function = listener
+
+    @property
+    def dispatching(self) -> bool:
+        """Whether SQLAlchemy is dispatching the event to the listener now."""
+        return bool(self._active)
 
 
-class Hooks:
+class Listeners:
     """The SQLAlchemy listeners that this package installed for one app."""
 
     def __init__(self) -> None:
+        # Re-entrant: add() flushes pending removals under it.
         self._lock = threading.RLock()
-        self._hooks: dict[tuple[int, str], _Hook] = {}
-        #: Hooks left without handlers while they were dispatching.
-        self.pending: list[_Hook] = []
+        self._listeners: dict[tuple[int, str], _Listener] = {}
+        #: Listeners left without handlers while they were dispatching.
+        self.pending: list[_Listener] = []
 
     def add(self, target: t.Any, identifier: str, handler: Handler) -> None:
         """Call ``handler`` with the listener's positional arguments whenever
@@ -60,40 +71,40 @@ class Hooks:
         with self._lock:
             self.flush_pending()
             key = (id(target), identifier)
-            hook = self._hooks.get(key)
-            if hook is None:
-                hook = self._hooks[key] = _Hook(target, identifier)
-            if handler in hook.handlers:
+            entry = self._listeners.get(key)
+            if entry is None:
+                entry = self._listeners[key] = _Listener(target, identifier)
+            if handler in entry.handlers:
                 return
-            hook.handlers = (*hook.handlers, handler)
-            if len(hook.handlers) == 1 and hook not in self.pending:
-                event.listen(target, identifier, hook.listener)
-            elif hook in self.pending:
-                self.pending.remove(hook)
+            entry.handlers = (*entry.handlers, handler)
+            if len(entry.handlers) == 1 and entry not in self.pending:
+                event.listen(target, identifier, entry.function)
+            elif entry in self.pending:
+                self.pending.remove(entry)
 
     def remove(self, target: t.Any, identifier: str, handler: Handler) -> None:
         """Undo :meth:`add`. The listener goes with its last handler, or at
         the next :meth:`flush_pending` when it is being dispatched right now.
         """
         with self._lock:
-            hook = self._hooks.get((id(target), identifier))
-            if hook is None or handler not in hook.handlers:
+            entry = self._listeners.get((id(target), identifier))
+            if entry is None or handler not in entry.handlers:
                 return
-            hook.handlers = tuple(h for h in hook.handlers if h != handler)
-            if not hook.handlers:
-                if hook.dispatching:
+            entry.handlers = tuple(h for h in entry.handlers if h != handler)
+            if not entry.handlers:
+                if entry.dispatching:
                     # SQLAlchemy forbids removing a listener during its dispatch.
-                    self.pending.append(hook)
+                    self.pending.append(entry)
                 else:
-                    self._uninstall(hook)
+                    self._uninstall(entry)
 
     def flush_pending(self) -> None:
         """Remove listeners that lost their last handler during a dispatch."""
         with self._lock:
-            for hook in list(self.pending):
-                if not hook.dispatching and not hook.handlers:
-                    self.pending.remove(hook)
-                    self._uninstall(hook)
+            for entry in list(self.pending):
+                if not entry.dispatching and not entry.handlers:
+                    self.pending.remove(entry)
+                    self._uninstall(entry)
 
     def remove_all(self) -> None:
         """Remove every listener, when the app is gone.
@@ -103,18 +114,20 @@ class Hooks:
         this, a dropped app would keep them, and their connections, for good.
         """
         with self._lock:
-            for hook in list(self._hooks.values()):
-                hook.handlers = ()
-                self._uninstall(hook)
+            for entry in list(self._listeners.values()):
+                entry.handlers = ()
+                self._uninstall(entry)
             self.pending.clear()
 
-    def _uninstall(self, hook: _Hook) -> None:
-        del self._hooks[(id(hook.target), hook.identifier)]
-        event.remove(hook.target, hook.identifier, hook.listener)
-        if isinstance(hook.target, sa.Engine):
-            clear_event_flags(hook.target)
+    def _uninstall(self, entry: _Listener) -> None:
+        del self._listeners[(id(entry.target), entry.identifier)]
+        event.remove(entry.target, entry.identifier, entry.function)
+        if isinstance(entry.target, sa.Engine):
+            clear_event_flags(entry.target)
 
     def count(self, target: t.Any) -> int:
         """How many listeners this object installed on ``target``."""
         with self._lock:
-            return sum(1 for hook in self._hooks.values() if hook.target is target)
+            return sum(
+                1 for entry in self._listeners.values() if entry.target is target
+            )

@@ -1,4 +1,4 @@
-"""The private names of SQLAlchemy that ``flask_sessionext._compat`` relies
+"""The private names of SQLAlchemy that ``flask_sessionext._sqlalchemy_private`` relies
 on still mean what it takes them to mean; a failure here names the change.
 """
 
@@ -11,7 +11,7 @@ from flask.ctx import AppContext
 from sqlalchemy import event, orm
 
 from flask_sessionext import SessionExt, signals
-from flask_sessionext._compat import (
+from flask_sessionext._sqlalchemy_private import (
     all_registries,
     allow_commit,
     outside_transaction_block,
@@ -28,7 +28,7 @@ def test_transaction_block_attribute(app_ctx: AppContext, db: SessionExt) -> Non
     """
     assert "_trans_context_manager" in vars(orm.Session), (
         "SQLAlchemy no longer has Session._trans_context_manager:"
-        " update flask_sessionext._compat.outside_transaction_block"
+        " update flask_sessionext._sqlalchemy_private.outside_transaction_block"
     )
     session = db.session()
     with session.begin() as transaction:
@@ -84,7 +84,7 @@ def test_all_registries(db: SessionExt) -> None:
     """``all_registries()`` lists the registry of every declarative base."""
     assert Base.registry in all_registries(), (
         "sqlalchemy.orm.mapper._all_registries changed:"
-        " update flask_sessionext._compat.all_registries"
+        " update flask_sessionext._sqlalchemy_private.all_registries"
     )
 
 
@@ -97,7 +97,7 @@ def test_connection_commit_refused_per_instance(
     connection = db.session.connection()
     assert hasattr(connection, "__dict__"), (
         "sqlalchemy.Connection has __slots__ now:"
-        " update flask_sessionext._compat.refuse_commit"
+        " update flask_sessionext._sqlalchemy_private.refuse_commit"
     )
     refuse_commit(connection, "refused")
     with pytest.raises(RuntimeError, match=r"^refused$"):

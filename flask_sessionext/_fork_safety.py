@@ -9,7 +9,7 @@ connections, and opens its own. Its other recipe, a pid check in a
 ``checkout`` listener, is not enough while ``pool_pre_ping`` is on: the ping
 runs on the shared socket before checkout listeners.
 
-Fork hooks are process-wide and cannot be removed, so there is one, for the
+Fork listeners are process-wide and cannot be removed, so there is one, for the
 engines of every app, held weakly: a dropped app's engines are not kept.
 """
 

@@ -24,11 +24,15 @@ import sqlalchemy as sa
 from flask import Flask
 from sqlalchemy import orm
 
-from ._bridge import receiver_ref, report, run_async
-from ._compat import allow_commit, outside_transaction_block, refuse_commit
-from ._errors import collect_receiver_errors, receiver_failed, receiver_interrupted
-from ._hooks import Handler, Hooks
-from ._scoping import app_context_or_none
+from ._event_signals import receiver_ref, report, run_async
+from ._listeners import Handler, Listeners
+from ._receiver_errors import (
+    collect_receiver_errors,
+    receiver_failed,
+    receiver_interrupted,
+)
+from ._session import app_context_or_none
+from ._sqlalchemy_private import allow_commit, outside_transaction_block, refuse_commit
 from .signals import before_models_committed, models_committed
 
 Change = tuple[object, str]
@@ -128,7 +132,7 @@ class ChangeTracker:
         self,
         app: weakref.ref[Flask],
         session_class: type[orm.Session],
-        hooks: Hooks,
+        listeners: Listeners,
         *,
         signal_events: tuple[str, ...],
         callback_events: tuple[str, ...],
@@ -136,7 +140,7 @@ class ChangeTracker:
     ) -> None:
         self._app = app
         self._session_class = session_class
-        self._hooks = hooks
+        self._listeners = listeners
         #: The events listened to while a change signal has a receiver, and
         #: while callbacks are in use (see ``_runtime.FEATURES``); the
         #: handler of each is the method named like it.
@@ -172,10 +176,10 @@ class ChangeTracker:
         if self._callbacks:
             events.update(self._callback_events)
         for name in set(self.installed) - events:
-            self._hooks.remove(self._session_class, name, self.installed.pop(name))
+            self._listeners.remove(self._session_class, name, self.installed.pop(name))
         for name in events - set(self.installed):
             handler = getattr(self, f"_{name}")
-            self._hooks.add(self._session_class, name, handler)
+            self._listeners.add(self._session_class, name, handler)
             self.installed[name] = handler
 
     def has_dead_receivers(self) -> bool:

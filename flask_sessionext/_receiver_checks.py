@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from blinker import ANY, NamedSignal
 from flask import Flask
 
-from ._errors import receiver_name
+from ._receiver_errors import receiver_name
 from .signals import CATALOG, EXTENSION_KWARGS, namespace
 
 _P = inspect.Parameter

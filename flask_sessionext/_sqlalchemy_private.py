@@ -1,6 +1,6 @@
 """The private names of SQLAlchemy that this package relies on, in one place.
 
-Each has no public alternative; ``tests/test_compat.py`` fails loudly when
+Each has no public alternative; ``tests/test_sqlalchemy_private.py`` fails loudly when
 SQLAlchemy changes one of them.
 """
 

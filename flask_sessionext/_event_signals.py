@@ -24,12 +24,12 @@ import sqlalchemy as sa
 from blinker import NamedSignal, Signal
 from flask import Flask
 
-from ._errors import (
+from ._listeners import Handler, Listeners
+from ._receiver_errors import (
     receiver_failed,
     receiver_interrupted,
     receiver_name,
 )
-from ._hooks import Handler, Hooks
 from .signals import CATALOG, BridgedEvent
 
 #: A receiver as a send finds it: a weak reference (or, for an object that
@@ -80,13 +80,13 @@ class SignalBridge:
         app: weakref.ref[Flask],
         session_class: type[sa.orm.Session],
         engines: t.Mapping[str | None, sa.Engine],
-        hooks: Hooks,
+        listeners: Listeners,
     ) -> None:
         # Weak, so the class-level session listeners do not keep the app alive.
         self.app = app
         self.session_class = session_class
         self._engines = engines
-        self.hooks = hooks
+        self.listeners = listeners
         #: Installed signals by name: their (target, handler) pairs, and
         #: their receivers.
         self.installed: dict[str, tuple[list[tuple[t.Any, Handler]], _Receivers]] = {}
@@ -108,7 +108,7 @@ class SignalBridge:
             if not resolved:
                 del self.installed[entry.name]
                 for target, handler in pairs:
-                    self.hooks.remove(target, entry.name, handler)
+                    self.listeners.remove(target, entry.name, handler)
         elif resolved:
             receivers = _Receivers(resolved)
             pairs = [
@@ -116,7 +116,7 @@ class SignalBridge:
                 for target, key in self._targets(entry)
             ]
             for target, handler in pairs:
-                self.hooks.add(target, entry.name, handler)
+                self.listeners.add(target, entry.name, handler)
             self.installed[entry.name] = (pairs, receivers)
 
     def may_raise(self) -> bool:

@@ -1,0 +1,443 @@
+"""The settings of one app: its ``SESSIONEXT_*`` keys and the constructor's
+defaults, read and checked in one pass by :func:`read_settings`.
+
+Every key is read once, in ``init_app``, except two that are read when they
+are used, through :func:`commit_on_teardown` and
+:func:`raise_receiver_errors`: an app (often a test) may change them while it
+runs, to commit at the teardown of one request or to let a receiver's error
+be logged rather than raised, and the documentation promises that the raise
+setting is read when the error happens. ``init_app`` checks both too, so a
+bad value fails when the app starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import os
+import typing as t
+from collections.abc import Mapping
+from types import MappingProxyType
+
+import sqlalchemy as sa
+import sqlalchemy.exc as sa_exc
+import sqlalchemy.orm as orm
+from flask import Flask
+from sqlalchemy.engine import URL
+from sqlalchemy.pool import QueuePool
+
+from . import _liveness
+from ._passwords import describe, mask_url, quote
+from ._refused_options import check_session_options
+
+SynchronizeSession = t.Literal["auto", "evaluate", "fetch", False]
+
+#: SQLAlchemy 2.1 takes session-wide execution options; 2.0 needs a listener.
+SESSION_EXECUTION_OPTIONS = (
+    "execution_options" in inspect.signature(orm.Session).parameters
+)
+
+_SESSION_KEY = "SESSIONEXT_SESSION_OPTIONS"
+_ENGINE_KEY = "SESSIONEXT_ENGINE_OPTIONS"
+#: Where an option of the constructor was set, as a message starts it.
+_SESSION_ARGUMENT = "The 'session_options' of SessionExt()"
+ENGINE_ARGUMENT = "The 'engine_options' of SessionExt()"
+
+
+@dataclasses.dataclass(frozen=True)
+class BindSettings:
+    """How to create the engine of one bind."""
+
+    #: The bind key; ``None`` for the default bind.
+    key: str | None
+    #: The config key that names the bind, for messages:
+    #: ``"SESSIONEXT_DATABASE_URI"`` or ``"SESSIONEXT_BINDS['key']"``.
+    where: str
+    #: The parsed URL; a relative SQLite path is under ``app.instance_path``.
+    url: URL
+    #: The keyword arguments of ``create_engine()``, with the extension's
+    #: defaults (``pool_pre_ping``, the in-memory SQLite pool, ``echo``).
+    options: Mapping[str, t.Any]
+    #: Where each of :attr:`options` was set, as a message starts it:
+    #: ``"'SESSIONEXT_BINDS['key']'"``, ``"'SESSIONEXT_ENGINE_OPTIONS'"``,
+    #: ``"'SESSIONEXT_ECHO'"`` or ``"The 'engine_options' of SessionExt()"``
+    #: (the extension's own defaults too).
+    origins: Mapping[str, str]
+    #: Whether the check of :mod:`._liveness` replaces ``pool_pre_ping``.
+    liveness: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordingSettings:
+    """The keyword arguments of :class:`.recording.Recorder`."""
+
+    record: bool
+    limit: int | None
+    parameters: bool
+    threshold: float | None
+    server_timing: bool
+    root_path: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Everything ``init_app`` needs of one app's configuration."""
+
+    #: The binds by key, the default bind (``None``) first.
+    binds: Mapping[str | None, BindSettings]
+    #: The keyword arguments of the ``sessionmaker``, checked, without
+    #: ``class_``; with SQLAlchemy 2.1 they carry ``synchronize_session``.
+    session_options: Mapping[str, t.Any]
+    #: The ``class_`` session option: a subclass of SQLAlchemy's Session.
+    session_class: type[orm.Session] | None
+    synchronize_session: SynchronizeSession | None
+    ping_after_idle: float
+    #: As ``init_app`` read it; the teardown reads it again, see
+    #: :func:`commit_on_teardown`.
+    commit_on_teardown: bool
+    recording: RecordingSettings
+
+
+def read_settings(
+    app: Flask,
+    *,
+    engine_options: Mapping[str, t.Any],
+    session_options: Mapping[str, t.Any],
+) -> Settings:
+    """Read and check the ``SESSIONEXT_*`` keys of ``app.config``, over the
+    constructor's ``engine_options`` and ``session_options``. Creates
+    ``app.instance_path`` when a SQLite path is relative to it.
+
+    :raise TypeError: a value has the wrong type.
+    :raise ValueError: a value is not accepted.
+    """
+    config = app.config
+    commit = get_bool(app, "SESSIONEXT_COMMIT_ON_TEARDOWN", False)
+    raise_receiver_errors(app)
+    recording = _recording(app)
+    synchronize = _synchronize_session(config)
+    ping_after_idle = _ping_after_idle(config)
+    options, session_class = _session_options(config, session_options)
+    if synchronize is not None and SESSION_EXECUTION_OPTIONS:
+        options["execution_options"] = {
+            "synchronize_session": synchronize,
+            **options.get("execution_options", {}),
+        }
+    binds = {
+        bind.key: bind
+        for bind in _binds(app, engine_options, ping_after_idle=ping_after_idle)
+    }
+    return Settings(
+        binds=MappingProxyType(binds),
+        session_options=MappingProxyType(options),
+        session_class=session_class,
+        synchronize_session=synchronize,
+        ping_after_idle=ping_after_idle,
+        commit_on_teardown=commit,
+        recording=recording,
+    )
+
+
+def commit_on_teardown(app: Flask) -> bool:
+    """``SESSIONEXT_COMMIT_ON_TEARDOWN`` of ``app``, read now.
+
+    :raise TypeError: the value is not a ``bool``.
+    """
+    return get_bool(app, "SESSIONEXT_COMMIT_ON_TEARDOWN", False)
+
+
+def raise_receiver_errors(app: Flask) -> bool:
+    """``SESSIONEXT_RAISE_RECEIVER_ERRORS`` of ``app``, read now; ``app.testing``
+    when unset.
+
+    :raise TypeError: the value is not a ``bool``.
+    """
+    return get_bool(app, "SESSIONEXT_RAISE_RECEIVER_ERRORS", app.testing)
+
+
+def get_bool(app: Flask, key: str, default: bool) -> bool:
+    """Read a boolean config key.
+
+    :raise TypeError: the value is not a ``bool``.
+    """
+    value = app.config.get(key, default)
+    if not isinstance(value, bool):
+        raise TypeError(f"'{key}' must be True or False, not {quote(value)}.")
+    return value
+
+
+def _recording(app: Flask) -> RecordingSettings:
+    """Read the recording keys.
+
+    :raise TypeError: a key has a value of the wrong type.
+    :raise ValueError: a number is out of range.
+    """
+    return RecordingSettings(
+        record=get_bool(app, "SESSIONEXT_RECORD_QUERIES", app.debug or app.testing),
+        limit=_record_limit(app.config),
+        parameters=get_bool(app, "SESSIONEXT_RECORD_PARAMETERS", app.debug),
+        threshold=_slow_query_threshold(app.config),
+        server_timing=get_bool(app, "SESSIONEXT_SERVER_TIMING", False),
+        root_path=app.root_path,
+    )
+
+
+def _record_limit(config: Mapping[str, t.Any]) -> int | None:
+    key = "SESSIONEXT_RECORD_QUERIES_LIMIT"
+    value = config.get(key, 1000)
+    accepted = "an int of at least 1, or None for no limit"
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"'{key}' must be {accepted}, not {quote(value)}.")
+    if value < 1:
+        raise ValueError(
+            f"'{key}' must be {accepted}, not {quote(value)}. To record nothing, set"
+            " 'SESSIONEXT_RECORD_QUERIES' to False."
+        )
+    return value
+
+
+def _slow_query_threshold(config: Mapping[str, t.Any]) -> float | None:
+    key = "SESSIONEXT_SLOW_QUERY_THRESHOLD"
+    value = config.get(key)
+    if value is None:
+        return None
+    return _seconds(
+        key, value, "a number of seconds of at least 0, or None for no reports"
+    )
+
+
+def _ping_after_idle(config: Mapping[str, t.Any]) -> float:
+    """``SESSIONEXT_PING_AFTER_IDLE``, seconds; ``30`` when unset."""
+    key = "SESSIONEXT_PING_AFTER_IDLE"
+    return _seconds(
+        key,
+        config.get(key, 30),
+        "a number of seconds of at least 0 (0 pings on every checkout)",
+    )
+
+
+def _seconds(key: str, value: object, accepted: str) -> float:
+    """``value`` of ``key``, a number of at least 0.
+
+    :raise TypeError: the value is not a number.
+    :raise ValueError: the value is negative or NaN.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"'{key}' must be {accepted}, not {quote(value)}.")
+    if not value >= 0:  # NaN too
+        raise ValueError(f"'{key}' must be {accepted}, not {quote(value)}.")
+    return float(value)
+
+
+def _synchronize_session(config: Mapping[str, t.Any]) -> SynchronizeSession | None:
+    """``SESSIONEXT_SYNCHRONIZE_SESSION``; ``None`` when unset.
+
+    :raise ValueError: the value is not one SQLAlchemy accepts.
+    """
+    value = config.get("SESSIONEXT_SYNCHRONIZE_SESSION")
+    if value is None:
+        return None
+    if value is not False and not (
+        isinstance(value, str) and value in ("auto", "evaluate", "fetch")
+    ):
+        raise ValueError(
+            f"'SESSIONEXT_SYNCHRONIZE_SESSION' must be one of 'auto', 'evaluate',"
+            f" 'fetch' or False, not {quote(value)}."
+        )
+    return t.cast(SynchronizeSession, value)
+
+
+def _merge(
+    config: Mapping[str, t.Any],
+    key: str,
+    default: Mapping[str, t.Any],
+    argument: str,
+) -> tuple[dict[str, t.Any], dict[str, str]]:
+    """A ``*_OPTIONS`` config value merged over the constructor's ``default``,
+    and where each option was set (``argument`` for the constructor).
+
+    :raise TypeError: the config value is neither a mapping nor ``None``; an
+        option name is not a string.
+    """
+    value = config.get(key)
+    if value is not None and not isinstance(value, Mapping):
+        raise TypeError(
+            f"'{key}' must be a mapping of option names to values or None,"
+            f" not {describe(value)}."
+        )
+    options = {**default, **(value or {})}
+    _check_names(key, options)
+    origins = {
+        name: f"'{key}'" if name in (value or {}) else argument for name in options
+    }
+    return options, origins
+
+
+def _check_names(where: str, options: Mapping[t.Any, t.Any]) -> None:
+    """Refuse option names that are not strings.
+
+    :raise TypeError: a name is not a string.
+    """
+    for name in options:
+        if not isinstance(name, str):
+            raise TypeError(
+                f"'{where}' has an option name that is not a string:"
+                f" {describe(name)}. Option names are strings, such as"
+                " 'pool_size' or 'expire_on_commit'."
+            )
+
+
+def _session_options(
+    config: Mapping[str, t.Any], default: Mapping[str, t.Any]
+) -> tuple[dict[str, t.Any], type[orm.Session] | None]:
+    """The checked Session options, without ``class_``, and ``class_``.
+
+    :raise TypeError: an option is unknown, or of the wrong type.
+    :raise ValueError: an option has a value that the Session refuses.
+    """
+    options, origins = _merge(config, _SESSION_KEY, default, _SESSION_ARGUMENT)
+    check_session_options(options, origins)
+    class_: type[orm.Session] | None = options.pop("class_", None)
+    return options, class_
+
+
+def _binds(
+    app: Flask, engine_options: Mapping[str, t.Any], *, ping_after_idle: float
+) -> list[BindSettings]:
+    """The settings of every bind, the default bind first.
+
+    Engine options merge constructor, then ``SESSIONEXT_ENGINE_OPTIONS``,
+    then the bind's own dict.
+
+    :raise TypeError: a bind is neither a string nor a dict with a ``url``.
+    :raise ValueError: a URL cannot be parsed.
+    """
+    config = app.config
+    base, base_origins = _merge(config, _ENGINE_KEY, engine_options, ENGINE_ARGUMENT)
+    if get_bool(app, "SESSIONEXT_ECHO", False) and "echo" not in base:
+        base["echo"] = True
+        base_origins["echo"] = "'SESSIONEXT_ECHO'"
+
+    binds = config.get("SESSIONEXT_BINDS")
+    if binds is None:
+        binds = {}
+    elif not isinstance(binds, Mapping):
+        raise TypeError(
+            "'SESSIONEXT_BINDS' must be a mapping of bind keys to URLs or dicts,"
+            f" not {type(binds).__name__}."
+        )
+
+    default_uri = config.get("SESSIONEXT_DATABASE_URI")
+    if default_uri is None or default_uri == "":
+        default_uri = "sqlite:///app.sqlite3"
+    where = "SESSIONEXT_DATABASE_URI"
+    url = _check_url_type(where, default_uri)
+    raw = [_RawBind(None, where, url, dict(base), dict(base_origins))]
+    for key, value in binds.items():
+        where = f"SESSIONEXT_BINDS[{key!r}]"
+        if not isinstance(key, str):
+            raise TypeError(
+                f"Bind keys in 'SESSIONEXT_BINDS' must be strings, not {quote(key)}."
+            )
+        if not isinstance(value, Mapping):
+            url = _check_url_type(where, value)
+            raw.append(_RawBind(key, where, url, dict(base), dict(base_origins)))
+            continue
+        if "url" not in value:
+            raise TypeError(
+                f"'{where}' is a dict without a 'url' key; give"
+                " {'url': 'dialect://...', **engine_options} or a URL string."
+            )
+        _check_names(where, value)
+        url = _check_url_type(f"{where}['url']", value["url"])
+        own = {name: option for name, option in value.items() if name != "url"}
+        options = {**base, **own}
+        origins = {**base_origins, **dict.fromkeys(own, f"'{where}'")}
+        raw.append(_RawBind(key, where, url, options, origins))
+
+    return [_bind(app, bind, ping_after_idle) for bind in raw]
+
+
+def _check_url_type(where: str, value: object) -> str | URL:
+    if isinstance(value, (str, URL)):
+        return value
+    accepted = (
+        "a URL string or a dict with a 'url' key"
+        if where.startswith("SESSIONEXT_BINDS") and not where.endswith("['url']")
+        else "a URL string or a sqlalchemy.engine.URL"
+    )
+    # The type only: the repr of a list or a tuple may hold a password.
+    raise TypeError(f"'{where}' must be {accepted}, not {type(value).__name__}.")
+
+
+class _RawBind(t.NamedTuple):
+    """A bind as the config gives it, its URL not yet parsed."""
+
+    key: str | None
+    where: str
+    url: str | URL
+    options: dict[str, t.Any]
+    origins: dict[str, str]
+
+
+def _bind(app: Flask, raw: _RawBind, ping_after_idle: float) -> BindSettings:
+    """The settings of one bind, with the extension's defaults: relative
+    SQLite paths resolve against ``app.instance_path`` (created if missing);
+    in-memory SQLite has one connection, which threads take in turn, one
+    transaction at a time; server databases get ``pool_pre_ping`` unless the
+    options say otherwise, or the check of :mod:`._liveness` replaces it.
+
+    :raise ValueError: the URL cannot be parsed.
+    """
+    key, where, raw_url, options, origins = raw
+    try:
+        url = sa.make_url(raw_url)
+    except (sa_exc.ArgumentError, ValueError):
+        # Not chained: SQLAlchemy's message may quote the URL, password included.
+        raise ValueError(
+            f"'{where}' is not a valid database URL: {mask_url(raw_url)!r}."
+            " Give 'dialect[+driver]://user:password@host[:port]/database',"
+            " for example 'sqlite:///app.sqlite3' or"
+            " 'postgresql+psycopg://user:password@127.0.0.1/app'."
+        ) from None
+    liveness = _liveness.replaces_pre_ping(url, options, ping_after_idle)
+    if url.get_backend_name() == "sqlite":
+        url = _sqlite_defaults(app, url, options)
+    elif not liveness:
+        options.setdefault("pool_pre_ping", True)
+    for name in options:
+        origins.setdefault(name, ENGINE_ARGUMENT)
+    return BindSettings(
+        key=key,
+        where=where,
+        url=url,
+        options=MappingProxyType(options),
+        origins=MappingProxyType(origins),
+        liveness=liveness,
+    )
+
+
+def _sqlite_defaults(app: Flask, url: URL, options: dict[str, t.Any]) -> URL:
+    """Set the defaults of a SQLite bind in ``options``; its URL, with a
+    relative path under ``app.instance_path``.
+    """
+    database = url.database
+    if database in (None, "", ":memory:") or (url.query.get("mode") == "memory"):
+        # One connection, so every thread sees the same database, checked
+        # out by one session at a time: a transaction on it is shared by all
+        # its users, so another thread's commit would commit this one's work.
+        options.setdefault("poolclass", QueuePool)
+        if options["poolclass"] is QueuePool:
+            options.setdefault("pool_size", 1)
+            options.setdefault("max_overflow", 0)
+        connect_args = options.get("connect_args", {})
+        # Not a mapping: create_engines() reports it, naming where it was set.
+        if isinstance(connect_args, Mapping):
+            options["connect_args"] = {**connect_args}
+            options["connect_args"].setdefault("check_same_thread", False)
+    elif not database.startswith("file:") and not os.path.isabs(database):
+        os.makedirs(app.instance_path, exist_ok=True)
+        url = url.set(database=os.path.join(app.instance_path, database))
+    return url
