@@ -197,7 +197,7 @@ class Recorder:
         setattr(ctx.g, _QUERIES, queries)
         return queries
 
-    def slow(self, app: Flask, queries: _Queries, record: QueryRecord) -> None:
+    def report_slow(self, app: Flask, queries: _Queries, record: QueryRecord) -> None:
         """Log ``record`` and send ``slow_query``."""
         statement = " ".join(record.statement.split())
         if len(statement) > _STATEMENT_LENGTH:
@@ -248,7 +248,7 @@ class Recorder:
         if records is not None:
             records.append(row)
         if slow:
-            self.slow(ctx.app, queries, _record(row))
+            self.report_slow(ctx.app, queries, _record(row))
 
 
 def _time_driver_calls(
