@@ -263,93 +263,75 @@ def _time_driver_calls(
 
     The wrappers hold the app weakly, so the app can be collected.
     """
-    do_execute = dialect.do_execute
-    do_executemany = dialect.do_executemany
-    do_execute_no_params = dialect.do_execute_no_params
     add = recorder.add
+    initialize = dialect.initialize
+    initializing = False
 
-    def timed_execute(
+    def timed(call: _DriverCall) -> _DriverCall:
+        def timed_call(
+            cursor: t.Any,
+            statement: str,
+            parameters: t.Any,
+            context: ExecutionContext | None = None,
+        ) -> None:
+            try:
+                ctx = _current_app_context()
+            except RuntimeError:
+                call(cursor, statement, parameters, context)
+                return
+            if initializing or ctx.app is not app_ref():
+                call(cursor, statement, parameters, context)
+                return
+            start = perf_counter()
+            call(cursor, statement, parameters, context)
+            end = perf_counter()
+            add(ctx, statement, parameters, start, end, bind_key)
+
+        return timed_call
+
+    do_execute_no_params = dialect.do_execute_no_params
+
+    def no_params(
         cursor: t.Any,
         statement: str,
         parameters: t.Any,
         context: ExecutionContext | None = None,
     ) -> None:
-        try:
-            ctx = _current_app_context()
-        except RuntimeError:
-            do_execute(cursor, statement, parameters, context)
-            return
-        if ctx.app is not app_ref():
-            do_execute(cursor, statement, parameters, context)
-            return
-        start = perf_counter()
-        do_execute(cursor, statement, parameters, context)
-        end = perf_counter()
-        add(ctx, statement, parameters, start, end, bind_key)
+        do_execute_no_params(cursor, statement, context)
 
-    def timed_executemany(
-        cursor: t.Any,
-        statement: str,
-        parameters: t.Any,
-        context: ExecutionContext | None = None,
-    ) -> None:
-        try:
-            ctx = _current_app_context()
-        except RuntimeError:
-            do_executemany(cursor, statement, parameters, context)
-            return
-        if ctx.app is not app_ref():
-            do_executemany(cursor, statement, parameters, context)
-            return
-        start = perf_counter()
-        do_executemany(cursor, statement, parameters, context)
-        end = perf_counter()
-        add(ctx, statement, parameters, start, end, bind_key)
+    timed_no_params = timed(no_params)
 
     def timed_execute_no_params(
         cursor: t.Any, statement: str, context: ExecutionContext | None = None
     ) -> None:
-        try:
-            ctx = _current_app_context()
-        except RuntimeError:
-            do_execute_no_params(cursor, statement, context)
-            return
-        if ctx.app is not app_ref():
-            do_execute_no_params(cursor, statement, context)
-            return
-        start = perf_counter()
-        do_execute_no_params(cursor, statement, context)
-        end = perf_counter()
         # What the cursor events show for such a statement: the empty
         # parameter set that SQLAlchemy compiled for it.
         parameters = context.parameters[0] if context is not None else ()
-        add(ctx, statement, parameters, start, end, bind_key)
-
-    timed = (timed_execute, timed_executemany, timed_execute_no_params)
-    untimed = (do_execute, do_executemany, do_execute_no_params)
-    initialize = dialect.initialize
-
-    def set_driver_calls(calls: tuple[t.Callable[..., None], ...]) -> None:
-        # The dialect is the engine's own: setting the methods on the
-        # instance changes no other engine.
-        for name, call in zip(_DRIVER_CALLS, calls):
-            setattr(dialect, name, call)
+        timed_no_params(cursor, statement, parameters, context)
 
     def initialize_untimed(connection: sa.Connection) -> None:
         # The dialect's own queries at the engine's first connection (server
         # version, settings) are no queries of the application, and the
-        # cursor events do not see them either.
-        set_driver_calls(untimed)
+        # cursor events do not see them either. SQLAlchemy runs it once, with
+        # other first connections waiting.
+        nonlocal initializing
+        initializing = True
         try:
             initialize(connection)
         finally:
-            set_driver_calls(timed)
+            initializing = False
 
+    # Set once, on the engine's own dialect (the SQLite fix sets do_begin so):
+    # no other engine changes, and nothing is swapped back and forth later.
     dialect.initialize = initialize_untimed  # type: ignore[method-assign]
-    set_driver_calls(timed)
+    execute, executemany = timed(dialect.do_execute), timed(dialect.do_executemany)
+    dialect.do_execute = execute  # type: ignore[method-assign, assignment]
+    dialect.do_executemany = executemany  # type: ignore[method-assign, assignment]
+    dialect.do_execute_no_params = timed_execute_no_params  # type: ignore[method-assign]
 
 
-_DRIVER_CALLS = ("do_execute", "do_executemany", "do_execute_no_params")
+#: The signature of ``Dialect.do_execute`` and ``do_executemany``.
+_DriverCall = t.Callable[[t.Any, str, t.Any, "ExecutionContext | None"], None]
 
 
 _OVER_BUDGET = (
