@@ -176,7 +176,7 @@ class OutboxListener:
         self._pid = os.getpid()
         self._stop = threading.Event()
         self._backoff = MIN_BACKOFF
-        self._models: dict[str, type] = {}
+        self._models: dict[tuple[str, str], type] = {}
 
     def ensure_running(self) -> None:
         """Start the thread unless it runs in this process."""
@@ -388,17 +388,28 @@ class OutboxListener:
                 )
 
     def _model(self, entity: str, table: str) -> type | None:
-        """The class this process maps as ``entity`` on ``table``."""
-        cls = self._models.get(entity)
-        if cls is None:
+        """The class this process maps as ``entity`` on ``table``; else the
+        one class it maps on ``table`` (a module may have another name in
+        another program, e.g. ``__main__``); else ``None``.
+        """
+        key = (entity, table)
+        if key not in self._models:
+            by_name: dict[str, type] = {}
+            by_table: dict[str, list[type]] = {}
             for registry in all_registries():
                 for mapper in registry.mappers:
-                    self._models.setdefault(entity_name(mapper.class_), mapper.class_)
-            cls = self._models.get(entity)
-        if cls is None:
-            return None
-        mapped: sa.orm.Mapper[t.Any] = sa.inspect(cls)
-        return cls if getattr(mapped.local_table, "name", None) == table else None
+                    name = getattr(mapper.local_table, "name", None)
+                    if isinstance(name, str):
+                        by_name[entity_name(mapper.class_)] = mapper.class_
+                        by_table.setdefault(name, []).append(mapper.class_)
+            cls = by_name.get(entity)
+            same_table = by_table.get(table, [])
+            if cls is None or cls not in same_table:
+                cls = same_table[0] if len(same_table) == 1 else None
+            if cls is None:
+                return None  # looked up again next time: it may be mapped later
+            self._models[key] = cls
+        return self._models[key]
 
 
 def _detach(connection: t.Any) -> None:
