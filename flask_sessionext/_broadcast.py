@@ -53,8 +53,8 @@ _LEVELS = "sessionext.broadcast"
 #: being formed, before its id is drawn from the sequence.
 _PG_PUBLISH = sa.text(
     "WITH published AS ("
-    f" INSERT INTO {OUTBOX} (created_at, payload)"
-    " SELECT :created_at, :payload"
+    f" INSERT INTO {OUTBOX} (channel, created_at, payload)"
+    " SELECT :channel, :created_at, :payload"
     " FROM (SELECT pg_advisory_xact_lock(:lock)) AS locked"
     " RETURNING id)"
     " SELECT id, pg_notify(:channel, id::text) FROM published"
@@ -145,7 +145,13 @@ class Broadcast:
         appcontext_pushed.connect(self._context_pushed, sender=app)
 
     def refresh(self) -> None:
-        """Start, or stop, receiving as receivers come and go."""
+        """Keep the publishing last of the ``before_commit`` handlers (the
+        receivers of ``before_models_committed`` may still change models),
+        and start, or stop, receiving as receivers come and go.
+        """
+        self._listeners.keep_last(
+            self._session_class, "before_commit", self._before_commit
+        )
         app = self._app()
         if app is None:
             return
@@ -248,11 +254,13 @@ class Broadcast:
                 )
             else:
                 connection.execute(
-                    outbox_table.insert().values(created_at=now, payload=payload)
+                    outbox_table.insert().values(
+                        channel=self.settings.channel, created_at=now, payload=payload
+                    )
                 )
             self._published += 1
             if self._published % PRUNE_EVERY == 0:
-                prune(connection, self.settings.keep, now)
+                prune(connection, self.settings.channel, self.settings.keep, now)
         except sa_exc.DBAPIError as e:
             if is_missing_table(e):
                 raise missing_table(engine.url) from e

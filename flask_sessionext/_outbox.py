@@ -1,6 +1,6 @@
 """The outbox table of ``SESSIONEXT_BROADCAST`` and what its rows hold.
 
-Each row is one publication: the net row changes of one committed
+Each row is one publication on one channel: the net row changes of one committed
 transaction, as JSON (``{"origin": ..., "changes": [[entity, table, pk,
 operation, columns], ...]}``), never row values. Its id, drawn from the
 table's sequence, is the publication's sequence number.
@@ -35,6 +35,9 @@ outbox_table = sa.Table(
         primary_key=True,
         autoincrement=True,
     ),
+    # Deployments that share the table, each on a channel of its own, read
+    # only their own rows; ids are in commit order within a channel.
+    sa.Column("channel", sa.String(63), nullable=False),
     # Naive UTC: the same on every dialect, and compared as such when pruning.
     sa.Column("created_at", sa.DateTime(), nullable=False, index=True),
     sa.Column("payload", sa.Text(), nullable=False),
@@ -131,10 +134,16 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
-def prune(connection: sa.Connection, keep: float, now: datetime | None = None) -> int:
-    """Delete the outbox rows older than ``keep`` seconds; return how many."""
+def prune(
+    connection: sa.Connection, channel: str, keep: float, now: datetime | None = None
+) -> int:
+    """Delete the outbox rows of ``channel`` older than ``keep`` seconds;
+    return how many.
+    """
     cutoff = (now or utcnow()) - timedelta(seconds=keep)
     result = connection.execute(
-        outbox_table.delete().where(outbox_table.c.created_at < cutoff)
+        outbox_table.delete().where(
+            outbox_table.c.channel == channel, outbox_table.c.created_at < cutoff
+        )
     )
     return result.rowcount

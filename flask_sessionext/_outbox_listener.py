@@ -157,6 +157,7 @@ class OutboxListener:
         self.label = mask_url(engine.url)
         self.channel = settings.channel
         self.poll_interval = settings.poll_interval
+        self._connect_args = dict(settings.connect_args)
         dialect = engine.dialect
         #: Whether it ``LISTEN``\\s (PostgreSQL with psycopg) or polls.
         self.listens = dialect.name == "postgresql" and dialect.driver == "psycopg"
@@ -254,17 +255,20 @@ class OutboxListener:
         connection = self._connect()
         self.connection = connection
         try:
-            connection.execute(f'LISTEN "{self.channel}"')
+            channel = self.channel
+            connection.execute(f'LISTEN "{channel}"')
 
             def fetch(after: int | None) -> Sequence[t.Any]:
                 if after is None:
-                    sql = f"SELECT coalesce(max(id), 0) FROM {OUTBOX}"
-                    return connection.execute(sql).fetchall()  # type: ignore[no-any-return]
+                    sql = (
+                        f"SELECT coalesce(max(id), 0) FROM {OUTBOX} WHERE channel = %s"
+                    )
+                    return connection.execute(sql, (channel,)).fetchall()  # type: ignore[no-any-return]
                 sql = (
-                    f"SELECT id, payload FROM {OUTBOX} WHERE id > %s"
+                    f"SELECT id, payload FROM {OUTBOX} WHERE channel = %s AND id > %s"
                     f" ORDER BY id LIMIT {BATCH}"
                 )
-                return connection.execute(sql, (after,)).fetchall()  # type: ignore[no-any-return]
+                return connection.execute(sql, (channel, after)).fetchall()  # type: ignore[no-any-return]
 
             self._catch_up(fetch)
             while not self._stop.is_set():
@@ -280,7 +284,7 @@ class OutboxListener:
         """A new autocommit DBAPI connection, outside the engine's pool."""
         dialect = self._engine.dialect
         cargs, cparams = dialect.create_connect_args(self.url)
-        params = dict(cparams)
+        params = {**cparams, **self._connect_args}
         params.setdefault("connect_timeout", 5)
         params.update(
             autocommit=True, application_name=f"{APPLICATION_NAME}-{os.getpid()}"
@@ -307,15 +311,16 @@ class OutboxListener:
             with engine.connect() as conn:
 
                 def fetch(after: int | None) -> Sequence[t.Any]:
+                    mine = outbox_table.c.channel == self.channel
                     if after is None:
                         return conn.execute(
                             sa.select(
                                 sa.func.coalesce(sa.func.max(outbox_table.c.id), 0)
-                            )
+                            ).where(mine)
                         ).all()
                     return conn.execute(
                         sa.select(outbox_table.c.id, outbox_table.c.payload)
-                        .where(outbox_table.c.id > after)
+                        .where(mine, outbox_table.c.id > after)
                         .order_by(outbox_table.c.id)
                         .limit(BATCH)
                     ).all()
@@ -333,13 +338,13 @@ class OutboxListener:
                 self.last_seen = int(fetch(None)[0][0])
             if not self.connected.is_set():
                 self._backoff = MIN_BACKOFF
-                self.connected.set()
                 logger.debug(
-                    "Broadcast listener of %s (channel %r) is up to date at %d.",
+                    "Broadcast listener of %s (channel %r) reads after %d.",
                     self.label,
                     self.channel,
                     self.last_seen,
                 )
+                self.connected.set()
             while not self._stop.is_set():
                 rows = fetch(self.last_seen)
                 for row_id, payload in rows:

@@ -121,6 +121,11 @@ class BroadcastSettings:
     poll_interval: float
     #: Seconds an outbox row is kept; older rows are pruned.
     keep: float
+    #: The ``connect_args`` engine option of the outbox bind, which the
+    #: listener's own connection takes too.
+    connect_args: Mapping[str, t.Any] = dataclasses.field(
+        default_factory=lambda: MappingProxyType({}), compare=False
+    )
 
 
 def read_settings(
@@ -335,6 +340,9 @@ def _broadcast(
         bind=bind,
         poll_interval=poll_interval,
         keep=keep,
+        connect_args=MappingProxyType(
+            dict(binds[bind].options.get("connect_args") or {})
+        ),
     )
 
 

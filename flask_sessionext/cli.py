@@ -191,9 +191,9 @@ def _describe(error: Exception, url: URL) -> str:
     return text or type(error).__name__
 
 
-def _outbox_engine(app: Flask) -> tuple[sa.Engine, float]:
-    """The engine of the outbox bind and the ``keep`` setting, or a one-line
-    usage error when ``SESSIONEXT_BROADCAST`` is off.
+def _outbox_engine(app: Flask) -> tuple[sa.Engine, str, float]:
+    """The engine of the outbox bind, the channel and the ``keep`` setting,
+    or a one-line usage error when ``SESSIONEXT_BROADCAST`` is off.
     """
     broadcast = app.extensions["sessionext"].broadcast
     if broadcast is None:
@@ -201,7 +201,8 @@ def _outbox_engine(app: Flask) -> tuple[sa.Engine, float]:
             "'SESSIONEXT_BROADCAST' is off for this app; set it to True (or a"
             " dict of settings) to use the outbox."
         )
-    return broadcast.engine, broadcast.settings.keep
+    settings = broadcast.settings
+    return broadcast.engine, settings.channel, settings.keep
 
 
 @cli.command("create-outbox")
@@ -210,18 +211,20 @@ def create_outbox_command() -> None:
     it is missing.
     """
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
-    engine, _ = _outbox_engine(app)
+    engine, _, _ = _outbox_engine(app)
     outbox_metadata.create_all(engine)
     click.echo(f"The outbox table {OUTBOX!r} is ready in {mask_url(engine.url)}.")
 
 
 @cli.command("prune-outbox")
 def prune_outbox_command() -> None:
-    """Delete the outbox rows older than the ``keep`` setting of
-    ``SESSIONEXT_BROADCAST``.
+    """Delete the outbox rows of the app's channel older than the ``keep``
+    setting of ``SESSIONEXT_BROADCAST``.
     """
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
-    engine, keep = _outbox_engine(app)
+    engine, channel, keep = _outbox_engine(app)
     with engine.begin() as conn:
-        count = prune(conn, keep)
-    click.echo(f"Deleted {count} outbox row(s) older than {keep:g} s.")
+        count = prune(conn, channel, keep)
+    click.echo(
+        f"Deleted {count} outbox row(s) of channel {channel!r} older than {keep:g} s."
+    )

@@ -22,7 +22,7 @@ from flask_sessionext import CommittedChange, SessionExt
 from flask_sessionext._outbox import decode, outbox_table, utcnow
 from flask_sessionext._outbox_listener import OutboxListener, listener_of
 from flask_sessionext._settings import BroadcastSettings, read_settings
-from flask_sessionext.signals import models_committed_anywhere
+from flask_sessionext.signals import before_models_committed, models_committed_anywhere
 
 from models import Base, Item, OtherBase, User
 
@@ -500,15 +500,19 @@ def test_create_and_prune_outbox_commands(tmp_path: Path) -> None:
         conn.execute(
             outbox_table.insert(),
             [
-                {"created_at": old, "payload": "{}"},
-                {"created_at": utcnow(), "payload": "{}"},
+                {"channel": "sessionext", "created_at": old, "payload": "{}"},
+                {"channel": "sessionext", "created_at": utcnow(), "payload": "{}"},
+                {"channel": "other", "created_at": old, "payload": "{}"},
             ],
         )
     result = runner.invoke(args=["sessionext", "prune-outbox"])
     assert result.exit_code == 0, result.output
-    assert "Deleted 1 outbox row(s) older than 60 s." in result.output
+    assert (
+        "Deleted 1 outbox row(s) of channel 'sessionext' older than 60 s."
+        in result.output
+    )
     with engine.connect() as conn:
-        assert conn.scalar(sa.select(sa.func.count()).select_from(outbox_table)) == 1
+        assert conn.scalar(sa.select(sa.func.count()).select_from(outbox_table)) == 2
     del db
     engine.dispose()
 
@@ -520,3 +524,47 @@ def test_outbox_commands_need_broadcast(tmp_path: Path) -> None:
     result = app.test_cli_runner().invoke(args=["sessionext", "create-outbox"])
     assert result.exit_code == 1
     assert "'SESSIONEXT_BROADCAST' is off for this app" in result.output
+
+
+def test_before_models_committed_changes_are_published(
+    broadcast_app: tuple[Flask, SessionExt],
+) -> None:
+    """What a receiver of before_models_committed connected after the app
+    started adds to the transaction is published with it.
+    """
+    app, db = broadcast_app
+
+    def audit(sender: Flask, changes: list[tuple[object, str]]) -> None:
+        if not any(getattr(i, "name", "") == "audit" for i, _ in changes):
+            db.session.add(User(name="audit"))
+
+    with before_models_committed.connected_to(audit, app), app.app_context():
+        db.session.add(User(name="ada"))
+        db.session.commit()
+    rows = outbox_rows(app)
+    assert len(rows) == 1
+    _, changes = decode(rows[0][1])
+    assert sorted(pk for _, _, pk, _, _ in changes) == [(1,), (2,)]
+
+
+def test_channels_are_apart(broadcast_app: tuple[Flask, SessionExt]) -> None:
+    """An app on another channel of the same outbox receives none of this
+    channel's publications.
+    """
+    app, db = broadcast_app
+    other = Flask(__name__)
+    other.config.update(
+        SESSIONEXT_DATABASE_URI=app.config["SESSIONEXT_DATABASE_URI"],
+        SESSIONEXT_BROADCAST={"channel": "elsewhere", "poll_interval": 0.02},
+    )
+    SessionExt(other)
+    try:
+        with receiving(other) as elsewhere, receiving(app) as here:
+            with app.app_context():
+                db.session.add(User(name="ada"))
+                db.session.commit()
+            wait_for(lambda: len(here) == 1)
+            time.sleep(0.1)
+        assert elsewhere == []
+    finally:
+        other.extensions["sessionext"].engines[None].dispose()

@@ -10,6 +10,8 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import subprocess
+import sys
 import time
 import typing as t
 import warnings
@@ -27,7 +29,7 @@ from flask_sessionext.signals import models_committed_anywhere
 
 from ._broadcast_apps import DATABASE_ENV, SETTINGS, Base, Note
 from ._webapp import free_port
-from .test_prefork_servers import log_tail, running, wait_for_http
+from .test_prefork_servers import TESTS_DIR, log_tail, running, wait_for_http
 from _postgres import PostgresServer
 
 #: Lists the listener connections: (client process id, server process id).
@@ -385,3 +387,35 @@ def test_sqlite_processes_on_one_machine(tmp_path: Path) -> None:
             f" (+{result['failed']} locked out), received"
             f" {len(result['received'])} of {len(ids)}"
         )
+
+
+def test_listener_stops_at_interpreter_exit(postgres_url: str) -> None:
+    """A process whose listener runs exits promptly and cleanly: the listener
+    stops and closes its connection at interpreter exit, and no log line,
+    at DEBUG, holds the password.
+    """
+    fresh_tables(postgres_url)
+    code = f"""
+import logging, sys
+sys.path.insert(0, {TESTS_DIR!r})
+logging.basicConfig(level=logging.DEBUG, format="%(name)s %(message)s")
+from reliability._broadcast_apps import make_app, wait_until_listening
+wait_until_listening(make_app({postgres_url!r}))
+"""
+    start = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-W", "always::ResourceWarning", "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    elapsed = time.monotonic() - start
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if "flask_sessionext" in line]
+    assert any(line.endswith("stopped.") for line in lines), result.stderr
+    assert "Warning" not in result.stderr
+    password = sa.make_url(postgres_url).password
+    assert password
+    assert password not in result.stderr
+    assert elapsed < 10
