@@ -243,7 +243,7 @@ class Broadcast:
         now = utcnow()
         try:
             if connection.dialect.name == "postgresql":
-                connection.execute(
+                sequence = connection.execute(
                     _PG_PUBLISH,
                     {
                         "created_at": now,
@@ -251,13 +251,16 @@ class Broadcast:
                         "lock": self._lock_key,
                         "channel": self.settings.channel,
                     },
-                )
+                ).scalar_one()
             else:
-                connection.execute(
+                inserted = connection.execute(
                     outbox_table.insert().values(
                         channel=self.settings.channel, created_at=now, payload=payload
                     )
                 )
+                sequence = t.cast("sa.Row[t.Any]", inserted.inserted_primary_key)[0]
+            if self._subscribed:
+                _outbox_listener.published(self.engine, self.settings, int(sequence))
             self._published += 1
             if self._published % PRUNE_EVERY == 0:
                 prune(connection, self.settings.channel, self.settings.keep, now)

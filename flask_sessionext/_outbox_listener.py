@@ -69,7 +69,9 @@ _origin = uuid.uuid4().hex
 _inherited: list[object] = []
 _hooked = False
 
-Row = tuple[int, str]
+#: Reads the outbox: the last id (``after`` is ``None``), the rows of ``ids``,
+#: or the rows after ``after``, in id order.
+Fetch = Callable[[int | None, Sequence[int]], Sequence[t.Any]]
 
 
 def origin() -> str:
@@ -102,6 +104,16 @@ def unsubscribe(app: Flask, engine: sa.Engine, settings: BroadcastSettings) -> N
         if not listener.apps:
             del _listeners[key]
             listener.stop(join=False)
+
+
+def published(engine: sa.Engine, settings: BroadcastSettings, sequence: int) -> None:
+    """Tell this process's listener of ``engine``'s database, if any, of a
+    publication of this process (see :meth:`OutboxListener.published`).
+    """
+    key = (engine.url.render_as_string(hide_password=False), settings.channel)
+    listener = _listeners.get(key)
+    if listener is not None:
+        listener.published(sequence)
 
 
 def listener_of(
@@ -178,6 +190,8 @@ class OutboxListener:
         self._stop = threading.Event()
         self._backoff = MIN_BACKOFF
         self._models: dict[tuple[str, str], type] = {}
+        self._early: list[int] = []
+        self._early_lock = threading.Lock()
 
     def ensure_running(self) -> None:
         """Start the thread unless it runs in this process."""
@@ -216,9 +230,11 @@ class OutboxListener:
         self.connected = threading.Event()
         self.last_seen = None
         self.delivered = 0
+        self._early = []
+        self._early_lock = threading.Lock()
 
     def _run(self) -> None:
-        while not self._stop.is_set():
+        while not self._stop.is_set() and self._has_apps():
             try:
                 if self.listens:
                     self._listen()
@@ -233,6 +249,19 @@ class OutboxListener:
                 self._backoff = min(self._backoff * 2, MAX_BACKOFF)
         self.connected.clear()
         logger.debug("Broadcast listener of %s stopped.", self.label)
+
+    def _has_apps(self) -> bool:
+        """Whether an app of the listener is alive; it stops, and leaves the
+        process's listeners, once they are all garbage-collected.
+        """
+        with _lock:  # so that no subscribe() picks it up meanwhile
+            if self.apps:
+                return True
+            self._stop.set()
+            for key, listener in list(_listeners.items()):
+                if listener is self:
+                    del _listeners[key]
+        return False
 
     def _report(self, error: Exception) -> None:
         if isinstance(error, RuntimeError) and OUTBOX in str(error):
@@ -258,7 +287,13 @@ class OutboxListener:
             channel = self.channel
             connection.execute(f'LISTEN "{channel}"')
 
-            def fetch(after: int | None) -> Sequence[t.Any]:
+            def fetch(after: int | None, ids: Sequence[int] = ()) -> Sequence[t.Any]:
+                if ids:
+                    sql = (
+                        f"SELECT id, payload FROM {OUTBOX} WHERE id = ANY(%s)"
+                        " ORDER BY id"
+                    )
+                    return connection.execute(sql, (list(ids),)).fetchall()  # type: ignore[no-any-return]
                 if after is None:
                     sql = (
                         f"SELECT coalesce(max(id), 0) FROM {OUTBOX} WHERE channel = %s"
@@ -271,7 +306,7 @@ class OutboxListener:
                 return connection.execute(sql, (channel, after)).fetchall()  # type: ignore[no-any-return]
 
             self._catch_up(fetch)
-            while not self._stop.is_set():
+            while not self._stop.is_set() and self._has_apps():
                 for _ in connection.notifies(timeout=WAIT, stop_after=1):
                     pass
                 self._catch_up(fetch)
@@ -307,11 +342,19 @@ class OutboxListener:
                 self._engine if memory else sa.create_engine(url, poolclass=NullPool)
             )
             self._poll_engine = engine
-        while not self._stop.is_set():
+        while not self._stop.is_set() and self._has_apps():
             with engine.connect() as conn:
 
-                def fetch(after: int | None) -> Sequence[t.Any]:
+                def fetch(
+                    after: int | None, ids: Sequence[int] = ()
+                ) -> Sequence[t.Any]:
                     mine = outbox_table.c.channel == self.channel
+                    if ids:
+                        return conn.execute(
+                            sa.select(outbox_table.c.id, outbox_table.c.payload)
+                            .where(outbox_table.c.id.in_(ids))
+                            .order_by(outbox_table.c.id)
+                        ).all()
                     if after is None:
                         return conn.execute(
                             sa.select(
@@ -329,13 +372,28 @@ class OutboxListener:
                 conn.rollback()
             self._stop.wait(self.poll_interval)
 
-    def _catch_up(self, fetch: Callable[[int | None], Sequence[t.Any]]) -> None:
+    def published(self, sequence: int) -> None:
+        """Note a publication of this process, before it commits: one made
+        before the listener read where to start is delivered too.
+        """
+        with self._early_lock:
+            if self.last_seen is None:
+                self._early.append(sequence)
+
+    def _catch_up(self, fetch: Fetch) -> None:
         """Deliver every row after :attr:`last_seen`, in id order; on the
-        first start, only take the last id.
+        first start, only this process's publications since its first
+        receiver connected, then those after the last id.
         """
         try:
             if self.last_seen is None:
-                self.last_seen = int(fetch(None)[0][0])
+                start = int(fetch(None, ())[0][0])
+                with self._early_lock:
+                    early = sorted(i for i in self._early if i <= start)
+                    self._early.clear()
+                    self.last_seen = start
+                for row_id, payload in fetch(None, early) if early else ():
+                    self._deliver(int(row_id), payload)
             if not self.connected.is_set():
                 self._backoff = MIN_BACKOFF
                 logger.debug(
@@ -346,7 +404,7 @@ class OutboxListener:
                 )
                 self.connected.set()
             while not self._stop.is_set():
-                rows = fetch(self.last_seen)
+                rows = fetch(self.last_seen, ())
                 for row_id, payload in rows:
                     if self._stop.is_set():
                         return

@@ -568,3 +568,27 @@ def test_channels_are_apart(broadcast_app: tuple[Flask, SessionExt]) -> None:
         assert elsewhere == []
     finally:
         other.extensions["sessionext"].engines[None].dispose()
+
+
+def test_commit_right_after_connecting_arrives(
+    broadcast_app: tuple[Flask, SessionExt],
+) -> None:
+    """A commit made right after the first receiver connected, before the
+    listener has read where to start, still reaches this process.
+    """
+    app, db = broadcast_app
+    received: list[int] = []
+
+    def receiver(sender: Flask, sequence: int, **kwargs: t.Any) -> None:
+        received.append(sequence)
+
+    with models_committed_anywhere.connected_to(receiver, app):
+        with app.app_context():
+            db.session.add(User(name="early"))
+            db.session.commit()
+        wait_for(lambda: len(received) == 1)
+        with app.app_context():
+            db.session.add(User(name="late"))
+            db.session.commit()
+        wait_for(lambda: len(received) == 2)
+    assert received == [row_id for row_id, _ in outbox_rows(app)]
