@@ -130,7 +130,6 @@ class Broadcast:
         self.settings = settings
         self.engine = engines[settings.bind]
         self._lock_key = advisory_lock_key(settings.channel)
-        self._installed = False
         self._published = 0
         self._subscribed = False
 
@@ -140,7 +139,6 @@ class Broadcast:
         """
         for name in self.EVENTS:
             self._listeners.add(self._session_class, name, getattr(self, f"_{name}"))
-        self._installed = True
         # Weakly: the subscription goes with the runtime.
         appcontext_pushed.connect(self._context_pushed, sender=app)
 

@@ -18,7 +18,7 @@ import pytest
 import sqlalchemy as sa
 from flask import Flask
 
-from flask_sessionext import CommittedChange, SessionExt
+from flask_sessionext import CommittedChange, SessionExt, signals
 from flask_sessionext._outbox import decode, outbox_table, utcnow
 from flask_sessionext._outbox_listener import OutboxListener, listener_of
 from flask_sessionext._settings import BroadcastSettings, read_settings
@@ -592,3 +592,41 @@ def test_commit_right_after_connecting_arrives(
             db.session.commit()
         wait_for(lambda: len(received) == 2)
     assert received == [row_id for row_id, _ in outbox_rows(app)]
+
+
+def test_publications_arrive_in_commit_order(
+    broadcast_app: tuple[Flask, SessionExt],
+) -> None:
+    """A transaction that published first but commits slowly holds back the
+    next one, so the listener, reading after the last id it delivered,
+    skips neither: both arrive, in commit order.
+    """
+    app, db = broadcast_app
+
+    def hold(sender: Flask, **kwargs: t.Any) -> None:
+        if threading.current_thread().name == "slow committer":
+            time.sleep(0.5)
+
+    def commit_slowly() -> None:
+        with app.app_context():
+            db.session.add(User(name="first"))
+            db.session.commit()
+
+    with receiving(app) as received, signals.commit.connected_to(hold, app):
+        slow = threading.Thread(target=commit_slowly, name="slow committer")
+        slow.start()
+        time.sleep(0.2)  # it has published, and waits in its COMMIT
+        with app.app_context():
+            db.session.add(User(name="second"))
+            db.session.commit()
+        slow.join()
+        wait_for(lambda: len(received) == 2, timeout=5)
+    with app.app_context():
+        ids = {user.name: user.id for user in db.session.scalars(sa.select(User))}
+    assert [changes[0].primary_key for _, _, changes in received] == [
+        (ids["first"],),
+        (ids["second"],),
+    ]
+    assert [sequence for sequence, _, _ in received] == [
+        row_id for row_id, _ in outbox_rows(app)
+    ]
