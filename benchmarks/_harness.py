@@ -27,9 +27,16 @@ current_app_context: t.Callable[[], AppContext] = t.cast(
 
 
 def measure(
-    cases: t.Mapping[str, Case], *, n: int, rounds: int, warmup: int = 1
+    cases: t.Mapping[str, Case],
+    *,
+    n: int,
+    rounds: int,
+    warmup: int = 1,
+    statistic: t.Callable[[list[float]], float] = statistics.median,
 ) -> dict[str, float]:
-    """Median seconds per operation of each case."""
+    """Seconds per operation of each case: the median over the rounds, or
+    ``statistic`` of them.
+    """
     names = list(cases)
     for name in names:
         for _ in range(warmup):
@@ -48,7 +55,7 @@ def measure(
     finally:
         if gc_was_enabled:
             gc.enable()
-    return {name: statistics.median(values) for name, values in samples.items()}
+    return {name: statistic(values) for name, values in samples.items()}
 
 
 def report(title: str, results: t.Mapping[str, float], baseline: str) -> str:

@@ -130,8 +130,11 @@ def _sessionext(url: str, full: bool, ping: bool = True) -> Adapter:
         app.config["SESSIONEXT_RECORD_QUERIES"] = True
     db = SessionExt(app)
     if full:
+        # What fsa_full has: recording and a models_committed receiver.
+        # Flask-SQLAlchemy has no cursor signals; a receiver of them (a
+        # choice of the application) puts the engine on SQLAlchemy's
+        # per-statement event path, which recording no longer needs.
         signals.models_committed.connect(_count, sender=app, weak=False)
-        signals.before_cursor_execute.connect(_count, sender=app, weak=False)
     with app.app_context():
         engine = db.engine
         scoped = db.session

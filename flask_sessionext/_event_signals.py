@@ -36,11 +36,6 @@ from .signals import CATALOG, BridgedEvent
 #: takes none, a strong one behind a lambda) and whether it is a coroutine.
 _Resolved = tuple[tuple[t.Callable[[], t.Any], bool], ...]
 
-#: Receivers of this package that report their own errors, and those of the
-#: receivers they call, with :func:`report`: alone, they need no wrapped
-#: session operations to raise them (see :class:`~._runtime.Runtime`).
-quiet_receivers: set[t.Callable[..., t.Any]] = set()
-
 
 def _resolve(signal: Signal, app: Flask) -> _Resolved:
     """The receivers of ``signal`` for ``app``, referenced weakly: Blinker
@@ -143,12 +138,8 @@ class SignalBridge:
 
 
 def _may_raise(resolved: _Resolved) -> bool:
-    """Whether one of the ``resolved`` receivers may raise."""
-    for ref, _ in resolved:
-        receiver = ref()
-        if receiver is not None and receiver not in quiet_receivers:
-            return True
-    return False
+    """Whether one of the ``resolved`` receivers is alive (and so may raise)."""
+    return any(ref() is not None for ref, _ in resolved)
 
 
 def _close_connection(conn: sa.Connection, *args: t.Any) -> None:

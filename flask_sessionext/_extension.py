@@ -151,8 +151,8 @@ class SessionExt:
         return create_session(self._get_state(ctx.app), ctx, **kwargs)
 
     def _teardown_session(self, exc: BaseException | None) -> None:
-        state = self._get_state(app_ctx_scope().app)
-        remove_session(state, self._session.registry, exc)
+        ctx = app_ctx_scope()
+        remove_session(self._get_state(ctx.app), ctx, self._session.registry, exc)
 
     @property
     def session(self) -> orm.scoped_session[Session]:

@@ -67,16 +67,16 @@ def _end_stream(runtime: Runtime, ctx: AppContext) -> None:
 
 def remove_session(
     runtime: Runtime,
+    ctx: AppContext,
     registry: ScopedRegistry[Session],
     exc: BaseException | None,
 ) -> None:
-    """At the teardown of an app context: commit the session if the settings
+    """At the teardown of ``ctx``: commit the session if the settings
     say so and nothing failed, close it, and forget it; unless a streamed
     response still needs it.
 
     Also the safe point at which listeners of garbage-collected receivers go.
     """
-    ctx = app_ctx_scope()
     app = ctx.app
     if runtime.streams:
         stream = runtime.streams.pop(ctx, None)

@@ -184,7 +184,11 @@ class ChangeTracker:
 
     def has_dead_receivers(self) -> bool:
         """Whether a receiver seen by the last refresh was garbage-collected."""
-        return any(ref() is None for ref in self._receivers)
+        # A plain loop: no generator at every teardown.
+        for ref in self._receivers:  # noqa: SIM110
+            if ref() is None:
+                return True
+        return False
 
     def on_commit(self, session: orm.Session, callback: Callback) -> None:
         """Run ``callback`` after the outermost commit of ``session``."""
@@ -208,8 +212,15 @@ class ChangeTracker:
     def _after_flush(self, session: orm.Session, flush_context: object) -> None:
         # The session still shows its pre-flush state here.
         level = _current_level(session)
-        for instance in session.new:
-            level.record(instance, "insert")
+        if level.changes:
+            for instance in session.new:
+                level.record(instance, "insert")
+        else:
+            # The level's first flush, the usual case: nothing to fold, and
+            # a bulk insert costs one dict entry per row, with no call.
+            level.changes = {
+                id(instance): (instance, "insert") for instance in session.new
+            }
         for instance in session.dirty:
             # Only column changes: a changed collection writes no row.
             if session.is_modified(instance, include_collections=False):

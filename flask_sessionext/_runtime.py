@@ -104,7 +104,8 @@ FEATURES: dict[str, Feature] = {
         Feature(
             "query recording",
             sends=("slow_query",),
-            listens=("before_cursor_execute", "after_cursor_execute"),
+            # It times the dialect's driver calls, with no event (see recording).
+            listens=(),
             deferred=False,
             raises_after=OPERATIONS,
         ),
@@ -162,6 +163,9 @@ class Runtime:
         self.streams: weakref.WeakKeyDictionary[AppContext, str] = (
             weakref.WeakKeyDictionary()
         )
+        #: Whether a listener of a receiver's is installed, whose receiver
+        #: may be garbage-collected unseen (see :meth:`collect`).
+        self._watching = False
         # Re-entrant: a receiver connected by code that a refresh runs (a
         # listener firing during an install) refreshes again, on this thread.
         self._lock = threading.RLock()
@@ -208,6 +212,8 @@ class Runtime:
                 raises_after |= FEATURES["model changes"].raises_after
             if self._slow_query_receivers():
                 raises_after |= FEATURES["query recording"].raises_after
+            # Whether a receiver may die unseen: checked at each teardown.
+            self._watching = bool(self.bridge.installed or self.changes.installed)
             if self.session_class._sessionext_deferring != raises_after:
                 self.session_class._sessionext_deferring = raises_after
 
@@ -224,10 +230,9 @@ class Runtime:
         receivers that were garbage-collected, and those left without
         handlers during a dispatch. Checks first, so it costs next to nothing.
         """
-        if (
-            self.bridge.has_dead_receivers()
-            or self.listeners.pending
-            or self.changes.has_dead_receivers()
+        if self.listeners.pending or (
+            self._watching
+            and (self.bridge.has_dead_receivers() or self.changes.has_dead_receivers())
         ):
             self.refresh()
 

@@ -18,6 +18,7 @@ from ._outbox import OUTBOX, outbox_metadata, prune
 from ._passwords import mask_url
 from ._receiver_checks import report_collected
 from ._receiver_errors import receiver_name
+from ._runtime import FEATURES
 from .signals import CATALOG, namespace
 
 #: What ``check`` runs: SQLAlchemy renders it for every dialect.
@@ -37,6 +38,32 @@ def catalog_rst() -> str:
         kwargs = ", ".join(entry.kwargs)
         propagates = "yes" if entry.propagates else "no"
         rows.append((f"``{entry.name}``", f"``{entry.qualname}``", kwargs, propagates))
+    return _rst_table(rows)
+
+
+def features_rst() -> str:
+    """The features table of ``_runtime.FEATURES`` as a reStructuredText
+    table, as the documentation's performance page shows it.
+    """
+    rows = [("feature", "sends", "listens to, while on", "sends when")]
+    for feature in FEATURES.values():
+        sends = (
+            "every bridged signal"
+            if feature.name == "bridged signals"
+            else (", ".join(f"``{name}``" for name in feature.sends) or "(callbacks)")
+        )
+        listens = (
+            "the event of each signal that has receivers"
+            if feature.name == "bridged signals"
+            else ", ".join(f"``{name}``" for name in feature.listens) or "nothing"
+        )
+        when = "at the commit, however made" if feature.deferred else "at the event"
+        rows.append((feature.name, sends, listens, when))
+    return _rst_table(rows)
+
+
+def _rst_table(rows: t.Sequence[t.Sequence[str]]) -> str:
+    """``rows`` as a simple reStructuredText table, the first row its head."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     rule = " ".join("=" * width for width in widths)
     lines = [

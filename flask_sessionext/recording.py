@@ -1,21 +1,29 @@
 """Query recording, slow-query reports and the ``Server-Timing`` header.
 
-The three features share one pair of receivers of the bridged
-``before_cursor_execute`` and ``after_cursor_execute`` signals, connected for
-an app only when one of them is on, so the bridge installs one listener per
-engine for all of them (and any receivers of the application), and none when
-they are off. The start of a query is kept on its execution context; what an
-app context recorded is kept in ``flask.g``, and goes with the context.
+The three features time the driver call where the dialect makes it: while
+one of them is on, the ``do_execute``, ``do_executemany`` and
+``do_execute_no_params`` methods of each of the app's engines' dialects
+(which are the engine's own) are wrapped, as the SQLite fix wraps
+``do_begin``. No SQLAlchemy event is listened to: a listener of
+``before_cursor_execute`` or ``after_cursor_execute`` (or of a dialect event)
+would switch the engine's per-statement event dispatch on, which costs every
+statement more than the timing itself. The bridged cursor signals stay for
+the application's receivers; recording does not use them. What an app
+context recorded is kept in ``flask.g``, and goes with the context.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
+import decimal
 import inspect
 import os
 import sys
 import types
 import typing as t
+import uuid
+import weakref
 from collections import deque
 from dataclasses import dataclass
 from time import perf_counter
@@ -28,9 +36,9 @@ from flask import Flask, Response
 from flask.ctx import AppContext
 from sqlalchemy.engine.interfaces import ExecutionContext
 
-from ._event_signals import quiet_receivers, report
-from ._session import app_context_or_none
-from .signals import after_cursor_execute, before_cursor_execute, slow_query
+from ._event_signals import report
+from ._session import _current_app_context
+from .signals import slow_query
 
 __all__ = ["QueryRecord"]
 
@@ -73,12 +81,19 @@ class QueryRecord:
     bind_key: str | None
 
 
+#: What a :class:`QueryRecord` holds, kept as a plain tuple until read
+#: (``statement, parameters, start_time, end_time, location, bind_key``): a
+#: tuple costs a fraction of the frozen dataclass, and most records are never
+#: read.
+_Row = tuple[str, t.Any, float, float, str, "str | None"]
+
+
 class _Queries:
     """What one app context ran: kept in ``flask.g``."""
 
     __slots__ = ("count", "duration", "parameter_bytes", "records", "reporting")
 
-    def __init__(self, records: deque[QueryRecord] | None) -> None:
+    def __init__(self, records: deque[_Row] | None) -> None:
         #: Queries run, and their total duration (for ``Server-Timing``).
         self.count = 0
         self.duration = 0.0
@@ -130,18 +145,19 @@ class Recorder:
 
     @property
     def active(self) -> bool:
-        """Whether any of the features needs the cursor receivers."""
+        """Whether any of the features needs the driver calls timed."""
         return self.record or self.threshold is not None or self.server_timing
 
     def install(self, app: Flask) -> None:
-        """Connect the receivers and the ``after_request`` function that the
-        settings need, and nothing when all features are off.
+        """Time the driver calls of the app's engines and add the
+        ``after_request`` function that the settings need, and nothing when
+        all features are off.
         """
         if self.active:
-            # Module-level functions: Blinker holds them strongly, and they
-            # hold no app, so the app can be collected.
-            before_cursor_execute.connect(_before, sender=app, weak=False)
-            after_cursor_execute.connect(_after, sender=app, weak=False)
+            app_ref = weakref.ref(app)
+            state = app.extensions["sessionext"]
+            for bind_key, engine in state.engines.items():
+                _time_driver_calls(self, app_ref, bind_key, engine.dialect)
         if self.server_timing:
             app.after_request(_add_server_timing)
 
@@ -150,7 +166,7 @@ class Recorder:
         skipped packages.
         """
         files = self._files
-        frame = inspect.currentframe()
+        frame: t.Any = inspect.currentframe()
         while frame is not None:
             code = frame.f_code
             filename = code.co_filename
@@ -181,7 +197,7 @@ class Recorder:
         setattr(ctx.g, _QUERIES, queries)
         return queries
 
-    def slow(self, app: Flask, queries: _Queries, record: QueryRecord) -> None:
+    def report_slow(self, app: Flask, queries: _Queries, record: QueryRecord) -> None:
         """Log ``record`` and send ``slow_query``."""
         statement = " ".join(record.statement.split())
         if len(statement) > _STATEMENT_LENGTH:
@@ -198,69 +214,142 @@ class Recorder:
         finally:
             queries.reporting = False
 
+    def add(
+        self,
+        ctx: AppContext,
+        statement: str,
+        parameters: t.Any,
+        start: float,
+        end: float,
+        bind_key: str | None,
+    ) -> None:
+        """Count a query that ``ctx`` ran, and record or report it as the
+        settings say.
+        """
+        queries: _Queries | None = getattr(ctx.g, _QUERIES, None)
+        if queries is None:
+            queries = self.new_queries(ctx)
+        duration = end - start
+        queries.count += 1
+        queries.duration += duration
+        threshold = self.threshold
+        slow = threshold is not None and duration > threshold and not queries.reporting
+        records = queries.records
+        if records is None and not slow:
+            return
+        kept = None
+        if self.parameters:
+            kept, size = _bounded(parameters, 2)
+            if queries.parameter_bytes + size > CONTEXT_PARAMETER_BYTES:
+                kept = _OVER_BUDGET
+            else:
+                queries.parameter_bytes += size
+        row = (statement, kept, start, end, self.location(), bind_key)
+        if records is not None:
+            records.append(row)
+        if slow:
+            self.report_slow(ctx.app, queries, _record(row))
 
-def _before(
-    sender: Flask,
-    conn: sa.Connection,
-    cursor: t.Any,
-    statement: str,
-    parameters: t.Any,
-    context: ExecutionContext | None,
-    executemany: bool,
+
+def _time_driver_calls(
+    recorder: Recorder,
+    app_ref: weakref.ref[Flask],
     bind_key: str | None,
+    dialect: sa.Dialect,
 ) -> None:
-    # The execution context is the query's own: the cheapest place for its
-    # start. (None for some dialects' special queries.)
-    if context is not None:
-        context._sessionext_query_start = perf_counter()  # type: ignore[attr-defined]
+    """Wrap the driver calls of ``dialect``: in an app context of the app,
+    each one is timed and handed to ``recorder``; anywhere else it runs as
+    it is. A failed call is not a query that ran, as for the cursor events.
+
+    The wrappers hold the app weakly, so the app can be collected.
+    """
+    do_execute = dialect.do_execute
+    do_executemany = dialect.do_executemany
+    do_execute_no_params = dialect.do_execute_no_params
+    add = recorder.add
+
+    def timed_execute(
+        cursor: t.Any,
+        statement: str,
+        parameters: t.Any,
+        context: ExecutionContext | None = None,
+    ) -> None:
+        try:
+            ctx = _current_app_context()
+        except RuntimeError:
+            do_execute(cursor, statement, parameters, context)
+            return
+        if ctx.app is not app_ref():
+            do_execute(cursor, statement, parameters, context)
+            return
+        start = perf_counter()
+        do_execute(cursor, statement, parameters, context)
+        end = perf_counter()
+        add(ctx, statement, parameters, start, end, bind_key)
+
+    def timed_executemany(
+        cursor: t.Any,
+        statement: str,
+        parameters: t.Any,
+        context: ExecutionContext | None = None,
+    ) -> None:
+        try:
+            ctx = _current_app_context()
+        except RuntimeError:
+            do_executemany(cursor, statement, parameters, context)
+            return
+        if ctx.app is not app_ref():
+            do_executemany(cursor, statement, parameters, context)
+            return
+        start = perf_counter()
+        do_executemany(cursor, statement, parameters, context)
+        end = perf_counter()
+        add(ctx, statement, parameters, start, end, bind_key)
+
+    def timed_execute_no_params(
+        cursor: t.Any, statement: str, context: ExecutionContext | None = None
+    ) -> None:
+        try:
+            ctx = _current_app_context()
+        except RuntimeError:
+            do_execute_no_params(cursor, statement, context)
+            return
+        if ctx.app is not app_ref():
+            do_execute_no_params(cursor, statement, context)
+            return
+        start = perf_counter()
+        do_execute_no_params(cursor, statement, context)
+        end = perf_counter()
+        # What the cursor events show for such a statement: the empty
+        # parameter set that SQLAlchemy compiled for it.
+        parameters = context.parameters[0] if context is not None else ()
+        add(ctx, statement, parameters, start, end, bind_key)
+
+    timed = (timed_execute, timed_executemany, timed_execute_no_params)
+    untimed = (do_execute, do_executemany, do_execute_no_params)
+    initialize = dialect.initialize
+
+    def set_driver_calls(calls: tuple[t.Callable[..., None], ...]) -> None:
+        # The dialect is the engine's own: setting the methods on the
+        # instance changes no other engine.
+        for name, call in zip(_DRIVER_CALLS, calls):
+            setattr(dialect, name, call)
+
+    def initialize_untimed(connection: sa.Connection) -> None:
+        # The dialect's own queries at the engine's first connection (server
+        # version, settings) are no queries of the application, and the
+        # cursor events do not see them either.
+        set_driver_calls(untimed)
+        try:
+            initialize(connection)
+        finally:
+            set_driver_calls(timed)
+
+    dialect.initialize = initialize_untimed  # type: ignore[method-assign]
+    set_driver_calls(timed)
 
 
-def _after(
-    sender: Flask,
-    conn: sa.Connection,
-    cursor: t.Any,
-    statement: str,
-    parameters: t.Any,
-    context: ExecutionContext | None,
-    executemany: bool,
-    bind_key: str | None,
-) -> None:
-    end = perf_counter()
-    start: float | None = getattr(context, "_sessionext_query_start", None)
-    ctx = app_context_or_none()
-    if start is None or ctx is None or ctx.app is not sender:
-        return  # outside the app's contexts, or begun before recording
-    recorder: Recorder = sender.extensions["sessionext"].recorder
-    queries: _Queries | None = getattr(ctx.g, _QUERIES, None)
-    if queries is None:
-        queries = recorder.new_queries(ctx)
-    duration = end - start
-    queries.count += 1
-    queries.duration += duration
-    threshold = recorder.threshold
-    slow = threshold is not None and duration > threshold and not queries.reporting
-    if queries.records is None and not slow:
-        return
-    kept = None
-    if recorder.parameters:
-        kept, size = _bounded(parameters, 2)
-        if queries.parameter_bytes + size > CONTEXT_PARAMETER_BYTES:
-            kept = _OVER_BUDGET
-        else:
-            queries.parameter_bytes += size
-    record = QueryRecord(
-        statement,
-        kept,
-        start,
-        end,
-        duration,
-        recorder.location(),
-        bind_key,
-    )
-    if queries.records is not None:
-        queries.records.append(record)
-    if slow:
-        recorder.slow(sender, queries, record)
+_DRIVER_CALLS = ("do_execute", "do_executemany", "do_execute_no_params")
 
 
 _OVER_BUDGET = (
@@ -269,11 +358,65 @@ _OVER_BUDGET = (
 )
 
 
+#: Parameter types kept as they are, each value counting for _SCALAR_SIZE:
+#: looked up by exact type, the common case of :func:`_bounded`.
+_SCALAR_TYPES = frozenset(
+    (
+        int,
+        float,
+        bool,
+        type(None),
+        decimal.Decimal,
+        datetime.date,
+        datetime.datetime,
+        datetime.time,
+        datetime.timedelta,
+        uuid.UUID,
+    )
+)
+
+
 def _bounded(value: t.Any, depth: int) -> tuple[t.Any, int]:
     """``value`` with long strings and bytes cut to :data:`PARAMETER_LENGTH`,
     and its size, through ``depth`` levels of dicts, lists and tuples
     (``executemany`` sends a list of them).
     """
+    kind = type(value)
+    if kind in _SCALAR_TYPES:
+        return value, _SCALAR_SIZE
+    if depth and (kind is tuple or kind is list):
+        size = 0
+        items = []
+        for item in value:
+            item_kind = type(item)
+            if item_kind in _SCALAR_TYPES:
+                size += _SCALAR_SIZE
+            elif item_kind is str and len(item) <= PARAMETER_LENGTH:
+                size += len(item)
+            else:
+                item, item_size = _bounded(item, depth - 1)
+                size += item_size
+            items.append(item)
+        return (items if kind is list else tuple(items)), size
+    if depth and kind is dict:
+        size = 0
+        kept = {}
+        for key, item in value.items():
+            item_kind = type(item)
+            if item_kind in _SCALAR_TYPES:
+                size += _SCALAR_SIZE
+            elif item_kind is str and len(item) <= PARAMETER_LENGTH:
+                size += len(item)
+            else:
+                item, item_size = _bounded(item, depth - 1)
+                size += item_size
+            kept[key] = item
+        return kept, size
+    return _bounded_any(value, depth)
+
+
+def _bounded_any(value: t.Any, depth: int) -> tuple[t.Any, int]:
+    """:func:`_bounded` for any type, subclasses included."""
     if isinstance(value, str):
         if len(value) <= PARAMETER_LENGTH:
             return value, len(value)
@@ -302,13 +445,9 @@ def _bounded(value: t.Any, depth: int) -> tuple[t.Any, int]:
     return value, _SCALAR_SIZE
 
 
-quiet_receivers.update((_before, _after))
-
-
 def _add_server_timing(response: Response) -> Response:
     """``after_request`` function: the app context's query count and time."""
-    ctx = app_context_or_none()
-    queries: _Queries | None = getattr(ctx.g, _QUERIES, None) if ctx else None
+    queries: _Queries | None = getattr(flask.g, _QUERIES, None)
     count, duration = (queries.count, queries.duration) if queries else (0, 0.0)
     noun = "query" if count == 1 else "queries"
     value = f'db;dur={duration * 1000:.1f};desc="{count} {noun}"'
@@ -324,7 +463,14 @@ def recorded(ctx: AppContext) -> list[QueryRecord]:
     queries: _Queries | None = getattr(ctx.g, _QUERIES, None)
     if queries is None or queries.records is None:
         return []
-    return list(queries.records)
+    return [_record(row) for row in queries.records]
+
+
+def _record(row: _Row) -> QueryRecord:
+    statement, parameters, start, end, location, bind_key = row
+    return QueryRecord(
+        statement, parameters, start, end, end - start, location, bind_key
+    )
 
 
 def dropped(ctx: AppContext) -> int:

@@ -166,7 +166,7 @@ def test_records_hold_plain_values(app_ctx: AppContext, db: SessionExt) -> None:
 
 def test_defaults_follow_debug_and_testing(tmp_path: Path) -> None:
     """Recording is on with app.testing or app.debug, parameters only with
-    app.debug, and a plain app records nothing and installs no listener.
+    app.debug, and no app installs a cursor listener for it.
     """
     for config, records, parameters in (
         ({"TESTING": True}, 1, False),
@@ -179,7 +179,8 @@ def test_defaults_follow_debug_and_testing(tmp_path: Path) -> None:
             recorded = db.get_recorded_queries()
             assert len(recorded) == records
             assert all((r.parameters is not None) is parameters for r in recorded)
-            assert len(db.engine.dispatch.after_cursor_execute) == records
+            assert len(db.engine.dispatch.after_cursor_execute) == 0
+            assert db.engine._has_events is False
             engine = db.engine
         engine.dispose()
 
@@ -221,6 +222,24 @@ def test_begin_is_not_a_query(app_ctx: AppContext, db: SessionExt) -> None:
         db.session.add(User(name="a"))
     (record,) = db.get_recorded_queries()
     assert record.statement.startswith("INSERT INTO users")
+
+
+def test_dialect_setup_is_not_a_query(
+    database_uris: dict[str | None, str], tmp_path: Path
+) -> None:
+    """The dialect's own queries at an engine's first connection (server
+    version, settings) are not recorded, and later queries are.
+    """
+    app = Flask(__name__, instance_path=str(tmp_path / "instance"))
+    app.config.update(SESSIONEXT_DATABASE_URI=database_uris[None], TESTING=True)
+    db = SessionExt(app)
+    with app.app_context():
+        db.session.execute(sa.text("SELECT 1"))
+        db.session.execute(sa.text("SELECT 2"))
+        statements = [r.statement for r in db.get_recorded_queries()]
+        engine = db.engine
+    engine.dispose()
+    assert statements == ["SELECT 1", "SELECT 2"]
 
 
 def test_no_record_outside_the_app_context(app: Flask, db: SessionExt) -> None:
@@ -272,15 +291,20 @@ def test_get_recorded_queries_outside_app_context(db: SessionExt) -> None:
         }
     ],
 )
-def test_one_listener_pair_for_every_feature(
+def test_no_cursor_listener_for_any_feature(
     app_ctx: AppContext, db: SessionExt
 ) -> None:
-    """Recording, slow queries, Server-Timing and a receiver of the
-    application share one listener per cursor event and engine.
+    """Recording, slow queries and Server-Timing install no cursor listener
+    (the engine stays off SQLAlchemy's per-statement event path); a receiver
+    of the application gets its one listener per cursor event and engine.
     """
+    for engine in db.engines.values():
+        assert len(engine.dispatch.before_cursor_execute) == 0
+        assert len(engine.dispatch.after_cursor_execute) == 0
+        assert engine._has_events is False
+        assert engine.dialect._has_events is False
     with capture_signal(signals.after_cursor_execute, app_ctx.app) as sent:
         for engine in db.engines.values():
-            assert len(engine.dispatch.before_cursor_execute) == 1
             assert len(engine.dispatch.after_cursor_execute) == 1
         db.session.execute(sa.text("SELECT 1"))
     assert len(sent) == 1

@@ -3,6 +3,9 @@
 ``.. sessionext-catalog::``
     The signal catalog table, made by ``flask_sessionext.cli.catalog_rst()``
     from ``flask_sessionext.signals.CATALOG``.
+``.. sessionext-features::``
+    The table of what each feature sends and listens to, made by
+    ``flask_sessionext.cli.features_rst()`` from the runtime's ``FEATURES``.
 ``.. sessionext-signals::``
     A ``.. data::`` entry for each signal of ``flask_sessionext.signals``,
     with the docstring the catalog generates.
@@ -27,7 +30,7 @@ from sphinx import addnodes
 from sphinx.application import Sphinx
 from sphinx.util.docutils import SphinxDirective
 
-from flask_sessionext.cli import catalog_rst
+from flask_sessionext.cli import catalog_rst, features_rst
 from flask_sessionext.signals import namespace
 
 RESULTS = Path(__file__).parents[2] / "benchmarks" / "results" / "results.md"
@@ -61,6 +64,13 @@ _EVENT_MODULES = {
     "PoolEvents": "sqlalchemy.events",
     "DialectEvents": "sqlalchemy.events",
 }
+
+
+class FeaturesDirective(_GeneratedDirective):
+    """The table of the extension's features and the listeners each needs."""
+
+    def lines(self) -> list[str]:
+        return features_rst().splitlines()
 
 
 class CatalogDirective(_GeneratedDirective):
@@ -136,7 +146,7 @@ def _text(text: str) -> str:
 
 
 def markdown_to_rst(markdown: str) -> list[str]:
-    """The headings, paragraphs, bullet lists and pipe tables that
+    """The headings, paragraphs, bullet lists, code blocks and pipe tables that
     ``python -m benchmarks`` writes, as reStructuredText.
     """
     lines = markdown.splitlines()
@@ -149,6 +159,13 @@ def markdown_to_rst(markdown: str) -> list[str]:
             continue
         if line.startswith("#"):
             out += [f".. rubric:: {_text(line.lstrip('#'))}", ""]
+        elif line.startswith("```"):
+            out += [".. code-block:: text", ""]
+            while index < len(lines) and not lines[index].startswith("```"):
+                out.append(f"    {lines[index]}" if lines[index].strip() else "")
+                index += 1
+            index += 1
+            out.append("")
         elif line.startswith("|"):
             rows = [line]
             while index < len(lines) and lines[index].strip().startswith("|"):
@@ -229,6 +246,7 @@ def break_points(app: Sphinx, doctree: nodes.document, docname: str) -> None:
 def setup(app: Sphinx) -> dict[str, t.Any]:
     app.connect("doctree-resolved", break_points)
     app.add_directive("sessionext-catalog", CatalogDirective)
+    app.add_directive("sessionext-features", FeaturesDirective)
     app.add_directive("sessionext-signals", SignalsDirective)
     app.add_directive("sessionext-benchmarks", BenchmarksDirective)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
