@@ -98,7 +98,8 @@ FEATURES: dict[str, Feature] = {
             # receiver for the app.
             sends=("models_committed_anywhere",),
             listens=Broadcast.EVENTS,
-            deferred=False,
+            # Sent after the commit, in every process, on its listener thread.
+            deferred=True,
             raises_after=frozenset(),
         ),
         Feature(
