@@ -7,7 +7,9 @@ another database.
 ``create_app()`` opens no connection, so ``flask --app example_app sessionext
 check`` can report a database that is down or misconfigured. The tables are
 created, and demo data added, by the first request or CLI job that needs them
-(or by ``flask --app example_app sessionext create-all``).
+(or by ``flask --app example_app sessionext create-all`` and ``create-outbox``),
+which also starts listening to the commits of the other instances (see
+``live.py``).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from flask import Flask, current_app, g
 
 from flask_sessionext import SessionExt
 
-from . import audit, pages, pool_stats, timing, views
+from . import audit, live, pages, pool_stats, timing, views
 from .cli import cli
 from .flush_log import FlushLogger
 from .models import Base, Task, User
@@ -34,6 +36,8 @@ DEFAULTS: dict[str, t.Any] = {
     "SESSIONEXT_RECORD_QUERIES": True,
     "SESSIONEXT_SLOW_QUERY_THRESHOLD": 0.05,
     "SESSIONEXT_SYNCHRONIZE_SESSION": "fetch",
+    # Every instance on the database hears of every commit (see live.py).
+    "SESSIONEXT_BROADCAST": {"channel": "example_board", "poll_interval": 0.5},
 }
 
 
@@ -56,6 +60,7 @@ def create_app(config: t.Mapping[str, t.Any] | None = None) -> Flask:
     pool_stats.init_app(app)
     timing.init_app(app)
     pages.init_app(app)
+    live.init_app(app)
     app.register_blueprint(views.bp)
     app.cli.add_command(cli)
     return app
@@ -81,7 +86,10 @@ def prepare_database() -> None:
     with state.lock:
         if not state.ready:
             db.create_all()
+            # What 'flask sessionext create-outbox' does, with the tables.
+            db.outbox_metadata.create_all(db.engine)
             seed()
+            live.listen(current_app._get_current_object())  # type: ignore[attr-defined]
             state.ready = True
 
 

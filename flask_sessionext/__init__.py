@@ -1,4 +1,5 @@
 from ._extension import SessionExt
+from ._outbox import CommittedChange
 from .recording import QueryRecord
 
-__all__ = ["QueryRecord", "SessionExt"]
+__all__ = ["CommittedChange", "QueryRecord", "SessionExt"]

@@ -18,6 +18,7 @@ from ._engines import create_engines, prepare_engines
 from ._lifecycle import create_session, remove_session
 from ._listener_objects import Registration, connect_methods
 from ._listeners import Listeners
+from ._outbox import outbox_metadata
 from ._runtime import Runtime
 from ._session import Session, app_ctx_scope, engine_for_key, make_sessionmaker
 from ._settings import read_settings
@@ -55,6 +56,11 @@ class SessionExt:
         ``flask sessionext create-all`` and Flask-Migrate.
     :raise TypeError: an argument has the wrong type.
     """
+
+    #: The ``MetaData`` of the outbox table of ``SESSIONEXT_BROADCAST``, for
+    #: Alembic: ``target_metadata = [db.metadata, db.outbox_metadata]``.
+    #: ``flask sessionext create-outbox`` creates its table.
+    outbox_metadata: t.ClassVar[sa.MetaData] = outbox_metadata
 
     def __init__(
         self,
@@ -117,7 +123,9 @@ class SessionExt:
         prepare_engines(engines, settings, listeners)
         maker = make_sessionmaker(settings, engines, listeners)
         recorder = recording.Recorder(**dataclasses.asdict(settings.recording))
-        runtime = Runtime(app, self, engines, maker, listeners, recorder)
+        runtime = Runtime(
+            app, self, engines, maker, listeners, recorder, settings.broadcast
+        )
         app.extensions["sessionext"] = runtime
         # What SQLAlchemy holds of the app goes with it: its listeners (see
         # Listeners.remove_all) and its pools' connections.

@@ -98,6 +98,18 @@ class Listeners:
                 else:
                     self._uninstall(entry)
 
+    def keep_last(self, target: t.Any, identifier: str, handler: Handler) -> None:
+        """Move ``handler``, added before, behind the handlers added since, in
+        one step, so no dispatch misses it.
+        """
+        with self._lock:
+            entry = self._listeners.get((id(target), identifier))
+            if entry is None or handler not in entry.handlers:
+                return
+            if entry.handlers[-1] != handler:
+                others = tuple(h for h in entry.handlers if h != handler)
+                entry.handlers = (*others, handler)
+
     def flush_pending(self) -> None:
         """Remove listeners that lost their last handler during a dispatch."""
         with self._lock:

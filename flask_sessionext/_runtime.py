@@ -27,11 +27,13 @@ from flask import Flask
 from flask.ctx import AppContext
 
 from . import recording
+from ._broadcast import Broadcast
 from ._event_signals import SignalBridge
 from ._listeners import Listeners
 from ._model_changes import ChangeTracker
 from ._receiver_errors import raise_parked
 from ._session import OPERATIONS, Session
+from ._settings import BroadcastSettings
 from .signals import CATALOG, namespace, slow_query
 
 if t.TYPE_CHECKING:
@@ -90,6 +92,17 @@ FEATURES: dict[str, Feature] = {
             raises_after=frozenset({"commit"}),
         ),
         Feature(
+            "broadcast",
+            # On while SESSIONEXT_BROADCAST is: the other processes need the
+            # publications; the listener thread runs while the signal has a
+            # receiver for the app.
+            sends=("models_committed_anywhere",),
+            listens=Broadcast.EVENTS,
+            # Sent after the commit, in every process, on its listener thread.
+            deferred=True,
+            raises_after=frozenset(),
+        ),
+        Feature(
             "query recording",
             sends=("slow_query",),
             # It times the dialect's driver calls, with no event (see recording).
@@ -117,6 +130,7 @@ class Runtime:
         sessionmaker: orm.sessionmaker[Session],
         listeners: Listeners,
         recorder: recording.Recorder,
+        broadcast: BroadcastSettings | None = None,
     ) -> None:
         self.app = weakref.ref(app)
         self.extension = extension
@@ -134,6 +148,12 @@ class Runtime:
             signal_events=FEATURES["model changes"].listens,
             callback_events=FEATURES["on_commit callbacks"].listens,
             callbacks_started=self.refresh,
+        )
+        #: ``SESSIONEXT_BROADCAST``, while it is on.
+        self.broadcast = (
+            None
+            if broadcast is None
+            else Broadcast(self.app, self.session_class, listeners, engines, broadcast)
         )
         #: While :meth:`join_transactions` runs: what :attr:`SessionExt.engines`
         #: returns instead of :attr:`engines`.
@@ -165,6 +185,8 @@ class Runtime:
             signal.receiver_connected.connect(self._receivers_changed)
             signal.receiver_disconnected.connect(self._receivers_changed)
         self.recorder.install(app)
+        if self.broadcast is not None:
+            self.broadcast.start(app)
         self.refresh()
 
     def _receivers_changed(self, signal: object, **kwargs: object) -> None:
@@ -181,6 +203,8 @@ class Runtime:
         with self._lock:
             self.bridge.refresh()
             self.changes.refresh()
+            if self.broadcast is not None:
+                self.broadcast.refresh()
             self.listeners.flush_pending()
             raises_after: frozenset[str] = frozenset()
             if self.bridge.may_raise():

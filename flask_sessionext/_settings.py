@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import os
+import re
 import typing as t
 from collections.abc import Mapping
 from types import MappingProxyType
@@ -96,6 +97,35 @@ class Settings:
     #: :func:`commit_on_teardown`.
     commit_on_teardown: bool
     recording: RecordingSettings
+    #: ``SESSIONEXT_BROADCAST``; ``None`` while it is off.
+    broadcast: BroadcastSettings | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class BroadcastSettings:
+    """``SESSIONEXT_BROADCAST``: which committed changes are published to
+    the other processes of the deployment, and how they are received.
+    """
+
+    #: The PostgreSQL ``LISTEN`` channel, and the name that tells deployments
+    #: sharing one outbox table apart.
+    channel: str
+    #: The mapped classes whose changes are published (with their
+    #: subclasses); ``None`` with :attr:`tables` empty: every mapped class.
+    models: frozenset[type] | None
+    #: The table names whose changes are published, besides :attr:`models`.
+    tables: frozenset[str]
+    #: The bind key of the database that holds the outbox table.
+    bind: str | None
+    #: Seconds between two reads of the outbox where there is no ``LISTEN``.
+    poll_interval: float
+    #: Seconds an outbox row is kept; older rows are pruned.
+    keep: float
+    #: The ``connect_args`` engine option of the outbox bind, which the
+    #: listener's own connection takes too.
+    connect_args: Mapping[str, t.Any] = dataclasses.field(
+        default_factory=lambda: MappingProxyType({}), compare=False
+    )
 
 
 def read_settings(
@@ -127,6 +157,7 @@ def read_settings(
         bind.key: bind
         for bind in _binds(app, engine_options, ping_after_idle=ping_after_idle)
     }
+    broadcast = _broadcast(config, binds)
     return Settings(
         binds=MappingProxyType(binds),
         session_options=MappingProxyType(options),
@@ -135,6 +166,7 @@ def read_settings(
         ping_after_idle=ping_after_idle,
         commit_on_teardown=commit,
         recording=recording,
+        broadcast=broadcast,
     )
 
 
@@ -229,6 +261,120 @@ def _seconds(key: str, value: object, accepted: str) -> float:
     if not value >= 0:  # NaN too
         raise ValueError(f"'{key}' must be {accepted}, not {quote(value)}.")
     return float(value)
+
+
+_BROADCAST_KEY = "SESSIONEXT_BROADCAST"
+_BROADCAST_DEFAULTS: dict[str, t.Any] = {
+    "channel": "sessionext",
+    "models": None,
+    "bind": None,
+    "poll_interval": 1.0,
+    "keep": 3600.0,
+}
+#: A channel is an SQL identifier of PostgreSQL (at most 63 bytes); one that
+#: needs no quoting reads the same everywhere it is shown.
+_CHANNEL_RE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+def _broadcast(
+    config: Mapping[str, t.Any], binds: Mapping[str | None, BindSettings]
+) -> BroadcastSettings | None:
+    """``SESSIONEXT_BROADCAST``: ``None`` or ``False`` (off), ``True`` (on,
+    with the defaults) or a dict of the settings that differ from them.
+
+    :raise TypeError: the value, or one of its settings, has the wrong type.
+    :raise ValueError: a setting is unknown or out of range, or the bind is
+        not configured.
+    """
+    key = _BROADCAST_KEY
+    value = config.get(key)
+    if value is None or value is False:
+        return None
+    if value is True:
+        value = {}
+    if not isinstance(value, Mapping):
+        raise TypeError(
+            f"'{key}' must be True, False, None or a dict of settings"
+            f" ({', '.join(map(repr, _BROADCAST_DEFAULTS))}), not {describe(value)}."
+        )
+    unknown = [name for name in value if name not in _BROADCAST_DEFAULTS]
+    if unknown:
+        raise ValueError(
+            f"'{key}' has an unknown setting {quote(unknown[0])}; the settings"
+            f" are {', '.join(map(repr, _BROADCAST_DEFAULTS))}."
+        )
+    merged = {**_BROADCAST_DEFAULTS, **value}
+    channel = merged["channel"]
+    if not isinstance(channel, str):
+        raise TypeError(f"'{key}['channel']' must be a str, not {describe(channel)}.")
+    if not _CHANNEL_RE.fullmatch(channel):
+        raise ValueError(
+            f"'{key}['channel']' must be 1 to 63 lowercase letters, digits or"
+            f" underscores, not starting with a digit, not {quote(channel)}."
+        )
+    models, tables = _broadcast_models(merged["models"])
+    bind = merged["bind"]
+    if bind not in binds:
+        known = ", ".join(repr(k) for k in binds)
+        raise ValueError(
+            f"'{key}['bind']' is {quote(bind)}, which is not a configured bind;"
+            f" the binds are {known} (None is the default bind)."
+        )
+    poll_interval = _seconds(
+        f"{key}['poll_interval']",
+        merged["poll_interval"],
+        "a number of seconds greater than 0",
+    )
+    if poll_interval == 0:
+        raise ValueError(
+            f"'{key}['poll_interval']' must be a number of seconds greater than"
+            " 0, not 0."
+        )
+    keep = _seconds(
+        f"{key}['keep']", merged["keep"], "a number of seconds of at least 0"
+    )
+    return BroadcastSettings(
+        channel=channel,
+        models=models,
+        tables=tables,
+        bind=bind,
+        poll_interval=poll_interval,
+        keep=keep,
+        connect_args=MappingProxyType(
+            dict(binds[bind].options.get("connect_args") or {})
+        ),
+    )
+
+
+def _broadcast_models(value: object) -> tuple[frozenset[type] | None, frozenset[str]]:
+    """The ``models`` setting: the classes and the table names it lists.
+
+    :raise TypeError: it is not ``None`` or a list of mapped classes and
+        table names.
+    """
+    where = f"'{_BROADCAST_KEY}['models']'"
+    if value is None:
+        return None, frozenset()
+    if isinstance(value, (str, bytes)) or not isinstance(
+        value, (list, tuple, set, frozenset)
+    ):
+        raise TypeError(
+            f"{where} must be None (every mapped class) or a list of mapped"
+            f" classes and table names, not {describe(value)}."
+        )
+    models: set[type] = set()
+    tables: set[str] = set()
+    for item in value:
+        if isinstance(item, str) and item:
+            tables.add(item)
+        elif isinstance(item, type) and sa.inspect(item, raiseerr=False) is not None:
+            models.add(item)
+        else:
+            raise TypeError(
+                f"{where} lists {describe(item)}; it takes mapped classes and"
+                " table names."
+            )
+    return frozenset(models), frozenset(tables)
 
 
 def _synchronize_session(config: Mapping[str, t.Any]) -> SynchronizeSession | None:

@@ -14,6 +14,7 @@ from flask import Flask, current_app
 from flask.cli import AppGroup
 from sqlalchemy.engine import URL
 
+from ._outbox import OUTBOX, outbox_metadata, prune
 from ._passwords import mask_url
 from ._receiver_checks import report_collected
 from ._receiver_errors import receiver_name
@@ -215,3 +216,42 @@ def _describe(error: Exception, url: URL) -> str:
         ):
             text += f" The directory {directory!r} does not exist."
     return text or type(error).__name__
+
+
+def _outbox_engine(app: Flask) -> tuple[sa.Engine, str, float]:
+    """The engine of the outbox bind, the channel and the ``keep`` setting,
+    or a one-line usage error when ``SESSIONEXT_BROADCAST`` is off.
+    """
+    broadcast = app.extensions["sessionext"].broadcast
+    if broadcast is None:
+        raise click.ClickException(
+            "'SESSIONEXT_BROADCAST' is off for this app; set it to True (or a"
+            " dict of settings) to use the outbox."
+        )
+    settings = broadcast.settings
+    return broadcast.engine, settings.channel, settings.keep
+
+
+@cli.command("create-outbox")
+def create_outbox_command() -> None:
+    """Create the outbox table of ``SESSIONEXT_BROADCAST`` in its bind, if
+    it is missing.
+    """
+    app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+    engine, _, _ = _outbox_engine(app)
+    outbox_metadata.create_all(engine)
+    click.echo(f"The outbox table {OUTBOX!r} is ready in {mask_url(engine.url)}.")
+
+
+@cli.command("prune-outbox")
+def prune_outbox_command() -> None:
+    """Delete the outbox rows of the app's channel older than the ``keep``
+    setting of ``SESSIONEXT_BROADCAST``.
+    """
+    app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+    engine, channel, keep = _outbox_engine(app)
+    with engine.begin() as conn:
+        count = prune(conn, channel, keep)
+    click.echo(
+        f"Deleted {count} outbox row(s) of channel {channel!r} older than {keep:g} s."
+    )

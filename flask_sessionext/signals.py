@@ -210,6 +210,18 @@ models_committed = namespace.signal(
     ' (instance, "insert" | "update" | "delete"). A receiver\'s exception is'
     " logged on ``app.logger`` and the other receivers still run.",
 )
+models_committed_anywhere = namespace.signal(
+    "models_committed_anywhere",
+    "Sent in every process that has ``SESSIONEXT_BROADCAST`` on for the same"
+    " database, the committing one included, once per committed transaction of"
+    " any of them that changed published models, in commit order, on a"
+    " listener thread of the process inside an app context. Sender: the Flask"
+    " app. Keyword arguments: changes, a list of"
+    " :class:`~flask_sessionext.CommittedChange`; local, whether this process"
+    " committed it; sequence, the publication's increasing number. A"
+    " receiver's exception is logged on ``app.logger`` and the other receivers"
+    " still run.",
+)
 slow_query = namespace.signal(
     "slow_query",
     "Sent when a query took longer than ``SESSIONEXT_SLOW_QUERY_THRESHOLD``."
@@ -225,5 +237,6 @@ EXTENSION_KWARGS: dict[str, tuple[str, ...]] = {
     "session_removed": ("session", "exception"),
     "before_models_committed": ("changes",),
     "models_committed": ("changes",),
+    "models_committed_anywhere": ("changes", "local", "sequence"),
     "slow_query": ("query",),
 }

@@ -5,6 +5,7 @@ action, the CLI job, and a real WSGI server.
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import re
 import socket
@@ -14,6 +15,7 @@ import time
 import typing as t
 import urllib.parse
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -201,6 +203,7 @@ PAGE_DOCS = {
     "/users": "recording.html#recorded-queries",
     "/audit": "model-changes.html#what-a-commit-changed",
     "/pool": "signals.html#the-catalog",
+    "/live": "broadcast.html#turning-it-on",
 }
 
 
@@ -383,3 +386,74 @@ def test_check_reports_an_unreachable_database() -> None:
         f" (postgresql+psycopg://app:***@127.0.0.1:{port}/tasks): "
     )
     assert "s3cret" not in result.stderr
+
+
+def _start_instance(
+    port: int, env: dict[str, str], log: t.IO[bytes]
+) -> subprocess.Popen[bytes]:
+    """The example app under waitress on ``port``, answering once started."""
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "waitress",
+            "--host=127.0.0.1",
+            f"--port={port}",
+            "--threads=8",
+            "--call",
+            "example_app:create_app",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            _request(port, "GET", "/tasks")  # creates the tables, and listens
+            return server
+        except OSError:
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise
+            time.sleep(0.1)
+
+
+def test_two_instances_update_each_other_live(tmp_path: Path) -> None:
+    """Two instances on two ports on one SQLite database: a task created
+    through one reaches the other's browsers as a Server-Sent Event, and its
+    Live page lists it as coming from another instance.
+    """
+    env = dict(
+        os.environ, FLASK_SESSIONEXT_DATABASE_URI=f"sqlite:///{tmp_path / 'two.db'}"
+    )
+    ports = [_free_port(), _free_port()]
+    servers: list[subprocess.Popen[bytes]] = []
+    with ExitStack() as stack:
+        try:
+            for port in ports:
+                log = stack.enter_context((tmp_path / f"{port}.log").open("wb"))
+                servers.append(_start_instance(port, env, log))
+            stream = http.client.HTTPConnection("127.0.0.1", ports[1], timeout=10)
+            stack.callback(stream.close)
+            stream.request("GET", "/live/events?seconds=8")
+            response = stream.getresponse()
+            assert response.getheader("Content-Type", "").startswith(
+                "text/event-stream"
+            )
+            assert response.readline() == b": listening\n"
+            status, _, _ = _request(ports[0], "POST", "/tasks", {"title": "live"})
+            assert status == 302
+            line = b""
+            while not line.startswith(b"data: "):
+                line = response.readline()
+                assert line, "the stream ended without the change"
+            event = json.loads(line[len(b"data: ") :])
+            assert event["local"] is False
+            assert any(c.startswith("insert tasks #") for c in event["changes"])
+            html = _request(ports[1], "GET", "/live")[2]
+            assert "another instance" in html
+        finally:
+            for server in servers:
+                server.terminate()
+                server.wait(timeout=10)

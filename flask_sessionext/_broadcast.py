@@ -1,0 +1,287 @@
+"""``SESSIONEXT_BROADCAST``: ``models_committed_anywhere``, the committed
+changes of every process of the deployment.
+
+Publishing is part of the committing transaction: in the ``before_commit``
+of the outermost transaction of a session of the app, after its last flush,
+the net changes of the published models go into one row of the outbox table
+``sessionext_outbox``, on the session's own connection to the outbox bind,
+and on PostgreSQL a ``pg_notify`` of the row's id wakes the listeners. A
+transaction or SAVEPOINT that rolls back takes its row (and its notification)
+with it. On PostgreSQL the insert first takes a transaction-level advisory
+lock of the channel, so that publishing transactions commit in the order of
+their ids, which the listeners rely on to never skip one (see
+:mod:`._outbox_listener`).
+"""
+
+from __future__ import annotations
+
+import typing as t
+import weakref
+from collections.abc import Mapping
+
+import sqlalchemy as sa
+import sqlalchemy.exc as sa_exc
+from flask import Flask, appcontext_pushed
+from sqlalchemy import orm
+
+from . import _outbox_listener
+from ._listeners import Listeners
+from ._model_changes import _level_of
+from ._outbox import (
+    OUTBOX,
+    Summary,
+    advisory_lock_key,
+    encode,
+    entity_name,
+    is_missing_table,
+    missing_table,
+    outbox_table,
+    prune,
+    utcnow,
+)
+from ._settings import BroadcastSettings
+from .signals import models_committed_anywhere
+
+#: How many publications of a process go between two prunings by it.
+PRUNE_EVERY = 1000
+
+#: The key of ``session.info`` holding what each transaction level collected.
+_LEVELS = "sessionext.broadcast"
+
+#: Inserts the outbox row after taking the channel's advisory lock, and
+#: notifies its id, in one round trip: the lock is taken while the row is
+#: being formed, before its id is drawn from the sequence.
+_PG_PUBLISH = sa.text(
+    "WITH published AS ("
+    f" INSERT INTO {OUTBOX} (channel, created_at, payload)"
+    " SELECT :channel, :created_at, :payload"
+    " FROM (SELECT pg_advisory_xact_lock(:lock)) AS locked"
+    " RETURNING id)"
+    " SELECT id, pg_notify(:channel, id::text) FROM published"
+)
+
+
+class _Level:
+    """The net row changes of one transaction level, by ``(table, pk)``."""
+
+    __slots__ = ("changes", "released")
+
+    def __init__(self) -> None:
+        #: (table, pk) -> [entity, table, pk, operation, columns]
+        self.changes: dict[tuple[str, tuple[t.Any, ...]], list[t.Any]] = {}
+        self.released = False
+
+    def record(
+        self,
+        entity: str,
+        table: str,
+        pk: tuple[t.Any, ...],
+        operation: str,
+        columns: set[str],
+    ) -> None:
+        """Fold ``operation`` into the net change of the row."""
+        key = (table, pk)
+        previous = self.changes.get(key)
+        if previous is None:
+            self.changes[key] = [entity, table, pk, operation, set(columns)]
+        elif previous[3] == "insert":
+            if operation == "delete":
+                del self.changes[key]  # inserted, then deleted: nothing happened
+        elif previous[3] == "update" and operation == "update":
+            previous[4] |= columns
+        else:
+            previous[3] = operation
+            previous[4] = set(columns) if operation == "update" else set()
+
+    def absorb(self, child: _Level) -> None:
+        """Take over the level of a released SAVEPOINT."""
+        for entity, table, pk, operation, columns in child.changes.values():
+            self.record(entity, table, pk, operation, set(columns))
+
+
+def _levels(session: orm.Session) -> dict[orm.SessionTransaction, _Level]:
+    levels: dict[orm.SessionTransaction, _Level] = session.info.setdefault(_LEVELS, {})
+    return levels
+
+
+class Broadcast:
+    """The publishing and the receiving of one app.
+
+    Its session listeners are installed while the setting is on, whoever
+    listens: the other processes need the publications. Its listener thread
+    runs while ``models_committed_anywhere`` has a receiver for the app.
+    """
+
+    #: The session events it listens to; the handler of each is the method
+    #: named like it.
+    EVENTS = ("after_flush", "before_commit", "after_commit", "after_transaction_end")
+
+    def __init__(
+        self,
+        app: weakref.ref[Flask],
+        session_class: type[orm.Session],
+        listeners: Listeners,
+        engines: Mapping[str | None, sa.Engine],
+        settings: BroadcastSettings,
+    ) -> None:
+        self._app = app
+        self._session_class = session_class
+        self._listeners = listeners
+        self.settings = settings
+        self.engine = engines[settings.bind]
+        self._lock_key = advisory_lock_key(settings.channel)
+        self._published = 0
+        self._subscribed = False
+
+    def start(self, app: Flask) -> None:
+        """Install the publishing listeners; start receiving as soon as an
+        app context is pushed in a process that has none running.
+        """
+        for name in self.EVENTS:
+            self._listeners.add(self._session_class, name, getattr(self, f"_{name}"))
+        # Weakly: the subscription goes with the runtime.
+        appcontext_pushed.connect(self._context_pushed, sender=app)
+
+    def refresh(self) -> None:
+        """Keep the publishing last of the ``before_commit`` handlers (the
+        receivers of ``before_models_committed`` may still change models),
+        and start, or stop, receiving as receivers come and go.
+        """
+        self._listeners.keep_last(
+            self._session_class, "before_commit", self._before_commit
+        )
+        app = self._app()
+        if app is None:
+            return
+        if next(models_committed_anywhere.receivers_for(app), None) is not None:
+            self._subscribed = True
+            _outbox_listener.subscribe(app, self.engine, self.settings)
+        elif self._subscribed:
+            self._subscribed = False
+            _outbox_listener.unsubscribe(app, self.engine, self.settings)
+
+    def _context_pushed(self, app: Flask, **kwargs: t.Any) -> None:
+        # A pre-fork server's child starts its own listener at its first
+        # request: the parent's thread did not survive the fork.
+        if self._subscribed:
+            _outbox_listener.subscribe(app, self.engine, self.settings)
+
+    def _published_class(self, cls: type, table: str) -> bool:
+        settings = self.settings
+        if settings.models is None and not settings.tables:
+            return True
+        if table in settings.tables:
+            return True
+        return any(issubclass(cls, model) for model in settings.models or ())
+
+    def _after_flush(self, session: orm.Session, flush_context: object) -> None:
+        # The session still shows its pre-flush state and history here.
+        transaction = session.get_nested_transaction() or session.get_transaction()
+        if transaction is None:
+            return
+        level: _Level | None = None
+        for instances, operation in (
+            (session.new, "insert"),
+            (session.dirty, "update"),
+            (session.deleted, "delete"),
+        ):
+            for instance in instances:
+                state = sa.inspect(instance)
+                mapper = state.mapper
+                table = mapper.local_table
+                name = table.name if isinstance(table, sa.Table) else str(table)
+                if not self._published_class(mapper.class_, name):
+                    continue
+                columns: set[str] = set()
+                if operation == "update":
+                    if not session.is_modified(instance, include_collections=False):
+                        continue
+                    columns = {
+                        column.name
+                        for prop in mapper.column_attrs
+                        if state.attrs[prop.key].history.has_changes()
+                        for column in prop.columns
+                        if isinstance(column, sa.Column)
+                    }
+                pk = tuple(mapper.primary_key_from_instance(instance))
+                if level is None:
+                    level = _levels(session).setdefault(transaction, _Level())
+                level.record(entity_name(mapper.class_), name, pk, operation, columns)
+
+    def _before_commit(self, session: orm.Session) -> None:
+        if session.get_nested_transaction() is not None:
+            return  # a SAVEPOINT release
+        # SQLAlchemy flushes after this event: flush first, so that the
+        # publication holds everything the commit writes.
+        session.flush()
+        root = session.get_transaction()
+        levels = session.info.get(_LEVELS)
+        level = levels.get(root) if levels and root is not None else None
+        if level is None or not level.changes:
+            return
+        self._publish(
+            session,
+            [
+                (entity, table, pk, operation, frozenset(columns))
+                for entity, table, pk, operation, columns in level.changes.values()
+            ],
+        )
+
+    def _publish(self, session: orm.Session, changes: list[Summary]) -> None:
+        """Insert the outbox row of ``changes`` (and notify it) in the
+        session's transaction on the outbox bind.
+
+        :raise RuntimeError: the outbox table does not exist.
+        """
+        payload = encode(_outbox_listener.origin(), changes)
+        engine = self.engine
+        router = getattr(self._session_class, "_sessionext_router", None)
+        target = router.stand_ins.get(engine, engine) if router else engine
+        connection = session.connection(bind_arguments={"bind": target})
+        now = utcnow()
+        try:
+            if connection.dialect.name == "postgresql":
+                sequence = connection.execute(
+                    _PG_PUBLISH,
+                    {
+                        "created_at": now,
+                        "payload": payload,
+                        "lock": self._lock_key,
+                        "channel": self.settings.channel,
+                    },
+                ).scalar_one()
+            else:
+                inserted = connection.execute(
+                    outbox_table.insert().values(
+                        channel=self.settings.channel, created_at=now, payload=payload
+                    )
+                )
+                sequence = t.cast("sa.Row[t.Any]", inserted.inserted_primary_key)[0]
+            if self._subscribed:
+                _outbox_listener.published(self.engine, self.settings, int(sequence))
+            self._published += 1
+            if self._published % PRUNE_EVERY == 0:
+                prune(connection, self.settings.channel, self.settings.keep, now)
+        except sa_exc.DBAPIError as e:
+            if is_missing_table(e):
+                raise missing_table(engine.url) from e
+            raise
+
+    def _after_commit(self, session: orm.Session) -> None:
+        nested = session.get_nested_transaction()
+        levels = session.info.get(_LEVELS)
+        if nested is not None and levels and nested in levels:
+            levels[nested].released = True
+
+    def _after_transaction_end(
+        self, session: orm.Session, transaction: orm.SessionTransaction
+    ) -> None:
+        levels = session.info.get(_LEVELS)
+        if not levels:
+            return
+        level = levels.pop(transaction, None)
+        if level is not None and level.released and transaction.parent is not None:
+            parent = _level_of(transaction.parent)
+            levels.setdefault(parent, _Level()).absorb(level)
+        if transaction.parent is None:
+            levels.clear()  # whatever a rollback left behind

@@ -1,0 +1,421 @@
+"""``models_committed_anywhere`` across real processes on PostgreSQL: every
+publication reaches every listening process exactly once, in commit order,
+through a killed listener connection and a server restart; forked children
+and the workers of a pre-fork server each listen on a connection of their own
+and never touch their parent's.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import subprocess
+import sys
+import time
+import typing as t
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import psycopg
+import sqlalchemy as sa
+from flask import Flask
+
+from flask_sessionext import CommittedChange, SessionExt
+from flask_sessionext._outbox import outbox_table
+from flask_sessionext._outbox_listener import APPLICATION_NAME, listener_of
+from flask_sessionext.signals import models_committed_anywhere
+
+from ._broadcast_apps import DATABASE_ENV, SETTINGS, Base, Note
+from ._webapp import free_port
+from .test_prefork_servers import TESTS_DIR, log_tail, running, wait_for_http
+from _postgres import PostgresServer
+
+#: Lists the listener connections: (client process id, server process id).
+LISTENERS = sa.text(
+    "SELECT application_name, pid FROM pg_stat_activity"
+    " WHERE application_name LIKE :prefix"
+).bindparams(prefix=f"{APPLICATION_NAME}-%")
+
+Received = list[tuple[int, bool, list[int]]]
+
+
+def superuser(server: PostgresServer) -> psycopg.Connection[tuple[t.Any, ...]]:
+    """An autocommit connection to ``server`` as its superuser."""
+    url = sa.make_url(server.superuser_url())
+    return psycopg.connect(
+        host=url.host,
+        port=url.port,
+        user=url.username,
+        password=url.password,
+        dbname=url.database,
+        autocommit=True,
+    )
+
+
+def fresh_tables(url: str) -> None:
+    """Empty notes and outbox tables in the database of ``url``."""
+    engine = sa.create_engine(url)
+    try:
+        for metadata in (Base.metadata, SessionExt.outbox_metadata):
+            metadata.drop_all(engine)
+            metadata.create_all(engine)
+    finally:
+        engine.dispose()
+
+
+def committed(url: str) -> tuple[list[int], list[int]]:
+    """The ids of the outbox rows and of the notes, in order."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            ids = list(conn.scalars(sa.select(outbox_table.c.id).order_by("id")))
+            notes = list(conn.scalars(sa.select(Note.id).order_by(Note.id)))
+    finally:
+        engine.dispose()
+    return ids, notes
+
+
+def listeners(url: str) -> dict[int, int]:
+    """The listener connections of ``url``'s server: client pid -> server pid."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(LISTENERS).all()
+    finally:
+        engine.dispose()
+    found: dict[int, int] = {}
+    for name, backend in rows:
+        client = int(name.rsplit("-", 1)[1])
+        assert client not in found, f"process {client} has two listener connections"
+        found[client] = backend
+    return found
+
+
+def wait_for_files(
+    directory: Path, pattern: str, count: int, timeout: float
+) -> list[Path]:
+    """Wait until ``count`` files match ``pattern`` in ``directory``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = sorted(directory.glob(pattern))
+        if len(found) >= count:
+            return found
+        assert time.monotonic() < deadline, f"only {found} after {timeout} s"
+        time.sleep(0.05)
+
+
+def check_received(received: Received, ids: list[int], notes: list[int]) -> None:
+    """``received`` is every publication exactly once, in order, and together
+    they name every note once.
+    """
+    sequences = [sequence for sequence, _, _ in received]
+    assert sequences == ids
+    assert sorted(pk for _, _, pks in received for pk in pks) == notes
+
+
+def test_terminate_and_restart_while_publishing(
+    own_postgres: PostgresServer, tmp_path: Path
+) -> None:
+    """Two processes publish continuously while their listener connections
+    are killed with ``pg_terminate_backend`` and then the server restarts:
+    afterwards each has received every publication exactly once, in order.
+    """
+    url = own_postgres.url()
+    fresh_tables(url)
+    env = {DATABASE_ENV: url}
+    args = ["reliability._broadcast_apps", str(tmp_path)]
+    with (
+        running(args, env, tmp_path / "a.log"),
+        running(args, env, tmp_path / "b.log"),
+    ):
+        wait_for_files(tmp_path, "ready-*", 2, timeout=20)
+        (tmp_path / "go").touch()
+        time.sleep(0.5)
+        with superuser(own_postgres) as conn:
+            killed = conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE application_name LIKE %s",
+                (f"{APPLICATION_NAME}-%",),
+            ).fetchall()
+        assert len(killed) == 2
+        time.sleep(0.5)
+        own_postgres.stop()
+        time.sleep(0.3)
+        own_postgres.start()
+        time.sleep(1.0)
+        (tmp_path / "stop").touch()
+        results = [
+            json.loads(path.read_text())
+            for path in wait_for_files(tmp_path, "result-*.json", 2, timeout=30)
+        ]
+    ids, notes = committed(url)
+    assert len(ids) > 20, log_tail(tmp_path / "a.log")
+    for name in ("a.log", "b.log"):
+        # Once killed, and at least once for the restart.
+        lost = (tmp_path / name).read_text().count("lost its connection")
+        assert lost >= 2, log_tail(tmp_path / name)
+    locals_: list[int] = []
+    for result in results:
+        received: Received = [tuple(r) for r in result["received"]]
+        check_received(received, ids, notes)
+        locals_ += [sequence for sequence, local, _ in received if local]
+        print(
+            f"process {result['pid']}: published {result['published']}"
+            f" (+{result['failed']} failed), received {len(received)}"
+            f" of {len(ids)} publications"
+        )
+    assert sorted(locals_) == ids, "each publication is local to one process"
+
+
+def test_forked_child_listens_on_its_own_connection(
+    postgres_url: str,
+) -> None:
+    """A child forked from a listening process starts a listener of its own,
+    on its own connection, and receives; the parent's listener connection is
+    never touched and keeps receiving, the child's publications too.
+    """
+    fresh_tables(postgres_url)
+    app = Flask(__name__)
+    app.config.update(
+        SESSIONEXT_DATABASE_URI=postgres_url, SESSIONEXT_BROADCAST=SETTINGS
+    )
+    db = SessionExt(app)
+    received: list[tuple[int, bool]] = []
+
+    def receiver(
+        sender: Flask, changes: list[CommittedChange], local: bool, sequence: int
+    ) -> None:
+        received.append((sequence, local))
+
+    def wait_for(count: int) -> None:
+        deadline = time.monotonic() + 10
+        while len(received) < count:
+            assert time.monotonic() < deadline, f"received {received}"
+            time.sleep(0.01)
+
+    def commit() -> None:
+        with app.app_context():
+            db.session.add(Note(origin=os.getpid()))
+            db.session.commit()
+
+    try:
+        with models_committed_anywhere.connected_to(receiver, app):
+            broadcast = app.extensions["sessionext"].broadcast
+            listener = listener_of(broadcast.engine, broadcast.settings)
+            assert listener is not None
+            assert listener.connected.wait(10)
+            parent_backend = listeners(postgres_url)[os.getpid()]
+            read_end, write_end = os.pipe()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                pid = os.fork()
+            if pid == 0:  # the child
+                code = 1
+                try:
+                    before = len(received)
+                    with app.app_context():  # starts the child's listener
+                        pass
+                    child = listener_of(broadcast.engine, broadcast.settings)
+                    assert child is not None
+                    assert child.connected.wait(10)
+                    commit()
+                    wait_for(before + 1)
+                    mine = listeners(postgres_url)[os.getpid()]
+                    os.write(write_end, json.dumps([mine, received[before:]]).encode())
+                    code = 0
+                finally:
+                    os._exit(code)
+            os.close(write_end)
+            _, status = os.waitpid(pid, 0)
+            with os.fdopen(read_end) as pipe:
+                child_backend, child_received = json.loads(pipe.read())
+            assert os.waitstatus_to_exitcode(status) == 0
+            commit()
+            wait_for(2)
+            # The parent's connection survived the child's exit.
+            assert listeners(postgres_url).get(os.getpid()) == parent_backend
+            assert listener.connected.is_set()
+    finally:
+        for engine in app.extensions["sessionext"].engines.values():
+            engine.dispose()
+    assert child_backend != parent_backend
+    ids, _ = committed(postgres_url)
+    assert [tuple(r) for r in child_received] == [(ids[0], True)]
+    assert received == [(ids[0], False), (ids[1], True)]
+
+
+def get(port: int, path: str) -> dict[str, t.Any]:
+    """GET ``path``, as JSON."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("GET" if path == "/received" else "POST", path)
+        response = conn.getresponse()
+        assert response.status == 200, response.read()[:300]
+        body: dict[str, t.Any] = json.loads(response.read())
+        return body
+    finally:
+        conn.close()
+
+
+@t.overload
+def each_worker(
+    port: int, workers: int, *, listening: t.Literal[False] = False
+) -> dict[int, Received]: ...
+@t.overload
+def each_worker(
+    port: int, workers: int, *, listening: t.Literal[True]
+) -> dict[int, bool]: ...
+def each_worker(
+    port: int, workers: int, *, listening: bool = False
+) -> dict[int, Received] | dict[int, bool]:
+    """What ``/received`` says in each of ``workers`` worker processes, asked
+    concurrently until every worker has answered: what it received, or with
+    ``listening`` whether its listener is up to date.
+    """
+    received: dict[int, Received] = {}
+    ready: dict[int, bool] = {}
+    deadline = time.monotonic() + 20
+    with ThreadPoolExecutor(8) as pool:
+        while len(received) < workers:
+            assert time.monotonic() < deadline, f"only workers {set(received)} answered"
+            for body in pool.map(lambda _: get(port, "/received"), range(8)):
+                received[body["pid"]] = [tuple(r) for r in body["received"]]
+                ready[body["pid"]] = body["listening"]
+    return ready if listening else received
+
+
+def test_gunicorn_workers_and_another_machine(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """Under gunicorn ``--preload`` with 2 workers (the app created before the
+    fork) plus a separate process for another machine, each process listens
+    on a connection of its own, the master's is never closed by a worker, and
+    every process receives every publication exactly once, in order.
+    """
+    fresh_tables(postgres_url)
+    port = free_port()
+    env = {DATABASE_ENV: postgres_url}
+    log = tmp_path / "gunicorn.log"
+    args = ["gunicorn", "--preload", "--workers", "2", "--worker-class", "sync"]
+    args += ["--bind", f"127.0.0.1:{port}", "--graceful-timeout", "5"]
+    args += ["reliability._broadcast_apps:create_app()"]
+    node_args = ["reliability._broadcast_apps", str(tmp_path)]
+    with (
+        running(args, env, log) as master,
+        running(node_args, env, tmp_path / "node.log") as node,
+    ):
+        wait_for_http(master, port, log)
+        wait_for_files(tmp_path, "ready-*", 1, timeout=20)
+        # A first request starts each worker's listener.
+        workers = set(each_worker(port, 2))
+        deadline = time.monotonic() + 15
+        while not workers | {node.pid} <= set(listeners(postgres_url)):
+            assert time.monotonic() < deadline, listeners(postgres_url)
+            time.sleep(0.05)
+        before = listeners(postgres_url)
+        assert master.pid not in workers
+        backends = [before[pid] for pid in (*workers, node.pid)]
+        assert len(set(backends)) == 3, before
+        deadline = time.monotonic() + 15
+        while not all(each_worker(port, 2, listening=True)):
+            assert time.monotonic() < deadline, "a worker's listener is not ready"
+        (tmp_path / "go").touch()
+        with ThreadPoolExecutor(8) as pool:
+            commits = list(pool.map(lambda _: get(port, "/commit"), range(40)))
+        assert all(body["ok"] for body in commits)
+        assert {body["pid"] for body in commits} == workers
+        (tmp_path / "stop").touch()
+        result = json.loads(
+            wait_for_files(tmp_path, "result-*.json", 1, timeout=20)[0].read_text()
+        )
+        ids, notes = committed(postgres_url)
+        deadline = time.monotonic() + 15
+        while True:
+            answers = each_worker(port, 2)
+            if all(r and r[-1][0] == ids[-1] for r in answers.values()):
+                break
+            assert time.monotonic() < deadline, (
+                f"the workers did not catch up with {ids[-1]}:"
+                f" { {pid: r[-3:] for pid, r in answers.items()} }\n{log_tail(log)}"
+            )
+            time.sleep(0.1)
+        after = listeners(postgres_url)
+    assert set(answers) == workers
+    for received in [*answers.values(), [tuple(r) for r in result["received"]]]:
+        check_received(received, ids, notes)
+    # The master's listener, if it started one, was never closed by a child.
+    if master.pid in before:
+        assert after.get(master.pid) == before[master.pid]
+    assert all(after[pid] == before[pid] for pid in workers)
+    local = sum(1 for received in answers.values() for r in received if r[1])
+    assert local == len(commits)
+    print(
+        f"{len(ids)} publications ({len(commits)} from 2 gunicorn workers,"
+        f" {result['published']} from another process), each received once by"
+        f" all 3 processes"
+    )
+
+
+def test_sqlite_processes_on_one_machine(tmp_path: Path) -> None:
+    """On SQLite, two processes publishing into one database file each
+    receive every publication exactly once, in order, by polling.
+    """
+    url = f"sqlite:///{tmp_path / 'shared.sqlite3'}"
+    fresh_tables(url)
+    env = {DATABASE_ENV: url}
+    args = ["reliability._broadcast_apps", str(tmp_path)]
+    with (
+        running(args, env, tmp_path / "a.log"),
+        running(args, env, tmp_path / "b.log"),
+    ):
+        wait_for_files(tmp_path, "ready-*", 2, timeout=20)
+        (tmp_path / "go").touch()
+        time.sleep(1.0)
+        (tmp_path / "stop").touch()
+        results = [
+            json.loads(path.read_text())
+            for path in wait_for_files(tmp_path, "result-*.json", 2, timeout=20)
+        ]
+    ids, notes = committed(url)
+    assert len(ids) > 10, log_tail(tmp_path / "a.log")
+    for result in results:
+        check_received([tuple(r) for r in result["received"]], ids, notes)
+        print(
+            f"SQLite process {result['pid']}: published {result['published']}"
+            f" (+{result['failed']} locked out), received"
+            f" {len(result['received'])} of {len(ids)}"
+        )
+
+
+def test_listener_stops_at_interpreter_exit(postgres_url: str) -> None:
+    """A process whose listener runs exits promptly and cleanly: the listener
+    stops and closes its connection at interpreter exit, and no log line,
+    at DEBUG, holds the password.
+    """
+    fresh_tables(postgres_url)
+    code = f"""
+import logging, sys
+sys.path.insert(0, {TESTS_DIR!r})
+logging.basicConfig(level=logging.DEBUG, format="%(name)s %(message)s")
+from reliability._broadcast_apps import make_app, wait_until_listening
+wait_until_listening(make_app({postgres_url!r}))
+"""
+    start = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-W", "always::ResourceWarning", "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    elapsed = time.monotonic() - start
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if "flask_sessionext" in line]
+    assert any(line.endswith("stopped.") for line in lines), result.stderr
+    assert "Warning" not in result.stderr
+    password = sa.make_url(postgres_url).password
+    assert password
+    assert password not in result.stderr
+    assert elapsed < 10
