@@ -13,10 +13,11 @@ import sqlalchemy.exc as sa_exc
 from sqlalchemy.engine import URL
 
 from . import _fork_safety, _liveness, _sqlite_transactions
+from ._bind_settings import ENGINE_ARGUMENT, BindSettings
 from ._listeners import Listeners
 from ._passwords import cause, mask_url
 from ._refused_options import MAPPINGS, OPTION_ERRORS, culprit, option_error
-from ._settings import ENGINE_ARGUMENT, BindSettings, Settings
+from ._settings import Settings
 
 #: The names in SQLAlchemy's "Invalid argument(s) 'a','b' sent to create_engine()".
 _INVALID_RE = re.compile(r"Invalid argument\(s\) (.+?) sent to create_engine")

@@ -132,7 +132,7 @@ def option_error(
 
     :param refuser: what refused it, such as ``"sqlalchemy.orm.Session"``.
     :param origins: where each of ``options`` was set, as a message starts
-        it (see :attr:`._settings.BindSettings.origins`).
+        it (see :attr:`._bind_settings.BindSettings.origins`).
     :param name: the option to blame; ``None`` when no one option is.
     :param password: the password of the engine's URL, never to be quoted.
     """

@@ -14,21 +14,17 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import os
 import re
 import typing as t
 from collections.abc import Mapping
 from types import MappingProxyType
 
 import sqlalchemy as sa
-import sqlalchemy.exc as sa_exc
 import sqlalchemy.orm as orm
 from flask import Flask
-from sqlalchemy.engine import URL
-from sqlalchemy.pool import QueuePool
 
-from . import _liveness
-from ._passwords import describe, mask_url, quote
+from ._bind_settings import BindSettings, merge_options, read_binds
+from ._passwords import describe, quote
 from ._refused_options import check_session_options
 
 SynchronizeSession = t.Literal["auto", "evaluate", "fetch", False]
@@ -39,33 +35,8 @@ SESSION_EXECUTION_OPTIONS = (
 )
 
 _SESSION_KEY = "SESSIONEXT_SESSION_OPTIONS"
-_ENGINE_KEY = "SESSIONEXT_ENGINE_OPTIONS"
 #: Where an option of the constructor was set, as a message starts it.
 _SESSION_ARGUMENT = "The 'session_options' of SessionExt()"
-ENGINE_ARGUMENT = "The 'engine_options' of SessionExt()"
-
-
-@dataclasses.dataclass(frozen=True)
-class BindSettings:
-    """How to create the engine of one bind."""
-
-    #: The bind key; ``None`` for the default bind.
-    key: str | None
-    #: The config key that names the bind, for messages:
-    #: ``"SESSIONEXT_DATABASE_URI"`` or ``"SESSIONEXT_BINDS['key']"``.
-    where: str
-    #: The parsed URL; a relative SQLite path is under ``app.instance_path``.
-    url: URL
-    #: The keyword arguments of ``create_engine()``, with the extension's
-    #: defaults (``pool_pre_ping``, the in-memory SQLite pool, ``echo``).
-    options: Mapping[str, t.Any]
-    #: Where each of :attr:`options` was set, as a message starts it:
-    #: ``"'SESSIONEXT_BINDS['key']'"``, ``"'SESSIONEXT_ENGINE_OPTIONS'"``,
-    #: ``"'SESSIONEXT_ECHO'"`` or ``"The 'engine_options' of SessionExt()"``
-    #: (the extension's own defaults too).
-    origins: Mapping[str, str]
-    #: Whether the check of :mod:`._liveness` replaces ``pool_pre_ping``.
-    liveness: bool
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,7 +126,12 @@ def read_settings(
         }
     binds = {
         bind.key: bind
-        for bind in _binds(app, engine_options, ping_after_idle=ping_after_idle)
+        for bind in read_binds(
+            app,
+            engine_options,
+            echo=get_bool(app, "SESSIONEXT_ECHO", False),
+            ping_after_idle=ping_after_idle,
+        )
     }
     broadcast = _broadcast(config, binds)
     return Settings(
@@ -395,46 +371,6 @@ def _synchronize_session(config: Mapping[str, t.Any]) -> SynchronizeSession | No
     return t.cast(SynchronizeSession, value)
 
 
-def _merge(
-    config: Mapping[str, t.Any],
-    key: str,
-    default: Mapping[str, t.Any],
-    argument: str,
-) -> tuple[dict[str, t.Any], dict[str, str]]:
-    """A ``*_OPTIONS`` config value merged over the constructor's ``default``,
-    and where each option was set (``argument`` for the constructor).
-
-    :raise TypeError: the config value is neither a mapping nor ``None``; an
-        option name is not a string.
-    """
-    value = config.get(key)
-    if value is not None and not isinstance(value, Mapping):
-        raise TypeError(
-            f"'{key}' must be a mapping of option names to values or None,"
-            f" not {describe(value)}."
-        )
-    options = {**default, **(value or {})}
-    _check_names(key, options)
-    origins = {
-        name: f"'{key}'" if name in (value or {}) else argument for name in options
-    }
-    return options, origins
-
-
-def _check_names(where: str, options: Mapping[t.Any, t.Any]) -> None:
-    """Refuse option names that are not strings.
-
-    :raise TypeError: a name is not a string.
-    """
-    for name in options:
-        if not isinstance(name, str):
-            raise TypeError(
-                f"'{where}' has an option name that is not a string:"
-                f" {describe(name)}. Option names are strings, such as"
-                " 'pool_size' or 'expire_on_commit'."
-            )
-
-
 def _session_options(
     config: Mapping[str, t.Any], default: Mapping[str, t.Any]
 ) -> tuple[dict[str, t.Any], type[orm.Session] | None]:
@@ -443,147 +379,7 @@ def _session_options(
     :raise TypeError: an option is unknown, or of the wrong type.
     :raise ValueError: an option has a value that the Session refuses.
     """
-    options, origins = _merge(config, _SESSION_KEY, default, _SESSION_ARGUMENT)
+    options, origins = merge_options(config, _SESSION_KEY, default, _SESSION_ARGUMENT)
     check_session_options(options, origins)
     class_: type[orm.Session] | None = options.pop("class_", None)
     return options, class_
-
-
-def _binds(
-    app: Flask, engine_options: Mapping[str, t.Any], *, ping_after_idle: float
-) -> list[BindSettings]:
-    """The settings of every bind, the default bind first.
-
-    Engine options merge constructor, then ``SESSIONEXT_ENGINE_OPTIONS``,
-    then the bind's own dict.
-
-    :raise TypeError: a bind is neither a string nor a dict with a ``url``.
-    :raise ValueError: a URL cannot be parsed.
-    """
-    config = app.config
-    base, base_origins = _merge(config, _ENGINE_KEY, engine_options, ENGINE_ARGUMENT)
-    if get_bool(app, "SESSIONEXT_ECHO", False) and "echo" not in base:
-        base["echo"] = True
-        base_origins["echo"] = "'SESSIONEXT_ECHO'"
-
-    binds = config.get("SESSIONEXT_BINDS")
-    if binds is None:
-        binds = {}
-    elif not isinstance(binds, Mapping):
-        raise TypeError(
-            "'SESSIONEXT_BINDS' must be a mapping of bind keys to URLs or dicts,"
-            f" not {type(binds).__name__}."
-        )
-
-    default_uri = config.get("SESSIONEXT_DATABASE_URI")
-    if default_uri is None or default_uri == "":
-        default_uri = "sqlite:///app.sqlite3"
-    where = "SESSIONEXT_DATABASE_URI"
-    url = _check_url_type(where, default_uri)
-    raw = [_RawBind(None, where, url, dict(base), dict(base_origins))]
-    for key, value in binds.items():
-        where = f"SESSIONEXT_BINDS[{key!r}]"
-        if not isinstance(key, str):
-            raise TypeError(
-                f"Bind keys in 'SESSIONEXT_BINDS' must be strings, not {quote(key)}."
-            )
-        if not isinstance(value, Mapping):
-            url = _check_url_type(where, value)
-            raw.append(_RawBind(key, where, url, dict(base), dict(base_origins)))
-            continue
-        if "url" not in value:
-            raise TypeError(
-                f"'{where}' is a dict without a 'url' key; give"
-                " {'url': 'dialect://...', **engine_options} or a URL string."
-            )
-        _check_names(where, value)
-        url = _check_url_type(f"{where}['url']", value["url"])
-        own = {name: option for name, option in value.items() if name != "url"}
-        options = {**base, **own}
-        origins = {**base_origins, **dict.fromkeys(own, f"'{where}'")}
-        raw.append(_RawBind(key, where, url, options, origins))
-
-    return [_bind(app, bind, ping_after_idle) for bind in raw]
-
-
-def _check_url_type(where: str, value: object) -> str | URL:
-    if isinstance(value, (str, URL)):
-        return value
-    accepted = (
-        "a URL string or a dict with a 'url' key"
-        if where.startswith("SESSIONEXT_BINDS") and not where.endswith("['url']")
-        else "a URL string or a sqlalchemy.engine.URL"
-    )
-    # The type only: the repr of a list or a tuple may hold a password.
-    raise TypeError(f"'{where}' must be {accepted}, not {type(value).__name__}.")
-
-
-class _RawBind(t.NamedTuple):
-    """A bind as the config gives it, its URL not yet parsed."""
-
-    key: str | None
-    where: str
-    url: str | URL
-    options: dict[str, t.Any]
-    origins: dict[str, str]
-
-
-def _bind(app: Flask, raw: _RawBind, ping_after_idle: float) -> BindSettings:
-    """The settings of one bind, with the extension's defaults: relative
-    SQLite paths resolve against ``app.instance_path`` (created if missing);
-    in-memory SQLite has one connection, which threads take in turn, one
-    transaction at a time; server databases get ``pool_pre_ping`` unless the
-    options say otherwise, or the check of :mod:`._liveness` replaces it.
-
-    :raise ValueError: the URL cannot be parsed.
-    """
-    key, where, raw_url, options, origins = raw
-    try:
-        url = sa.make_url(raw_url)
-    except (sa_exc.ArgumentError, ValueError):
-        # Not chained: SQLAlchemy's message may quote the URL, password included.
-        raise ValueError(
-            f"'{where}' is not a valid database URL: {mask_url(raw_url)!r}."
-            " Give 'dialect[+driver]://user:password@host[:port]/database',"
-            " for example 'sqlite:///app.sqlite3' or"
-            " 'postgresql+psycopg://user:password@127.0.0.1/app'."
-        ) from None
-    liveness = _liveness.replaces_pre_ping(url, options, ping_after_idle)
-    if url.get_backend_name() == "sqlite":
-        url = _sqlite_defaults(app, url, options)
-    elif not liveness:
-        options.setdefault("pool_pre_ping", True)
-    for name in options:
-        origins.setdefault(name, ENGINE_ARGUMENT)
-    return BindSettings(
-        key=key,
-        where=where,
-        url=url,
-        options=MappingProxyType(options),
-        origins=MappingProxyType(origins),
-        liveness=liveness,
-    )
-
-
-def _sqlite_defaults(app: Flask, url: URL, options: dict[str, t.Any]) -> URL:
-    """Set the defaults of a SQLite bind in ``options``; its URL, with a
-    relative path under ``app.instance_path``.
-    """
-    database = url.database
-    if database in (None, "", ":memory:") or (url.query.get("mode") == "memory"):
-        # One connection, so every thread sees the same database, checked
-        # out by one session at a time: a transaction on it is shared by all
-        # its users, so another thread's commit would commit this one's work.
-        options.setdefault("poolclass", QueuePool)
-        if options["poolclass"] is QueuePool:
-            options.setdefault("pool_size", 1)
-            options.setdefault("max_overflow", 0)
-        connect_args = options.get("connect_args", {})
-        # Not a mapping: create_engines() reports it, naming where it was set.
-        if isinstance(connect_args, Mapping):
-            options["connect_args"] = {**connect_args}
-            options["connect_args"].setdefault("check_same_thread", False)
-    elif not database.startswith("file:") and not os.path.isabs(database):
-        os.makedirs(app.instance_path, exist_ok=True)
-        url = url.set(database=os.path.join(app.instance_path, database))
-    return url
