@@ -159,16 +159,6 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 if server is not None:
                     server.close()
-        print(f"\n== broadcast, {database} ==\n{b_table}\n" + "\n".join(b_targets))
-        broadcast += [
-            f"### {database}",
-            "",
-            b_table,
-            "",
-            *[f"- {line}" for line in b_targets],
-            "",
-        ]
-        report["broadcast"][database] = {"figures": b_figures, "targets": b_targets}
         table = _table(results, bench_apps.WORKLOADS)
         targets = _targets(results)
         print(f"\n== {database} ==\n{table}\n" + "\n".join(targets))
@@ -186,6 +176,16 @@ def main(argv: list[str] | None = None) -> int:
             },
             "targets": targets,
         }
+        print(f"\n== broadcast, {database} ==\n{b_table}\n" + "\n".join(b_targets))
+        broadcast += [
+            f"### {database}",
+            "",
+            b_table,
+            "",
+            *[f"- {line}" for line in b_targets],
+            "",
+        ]
+        report["broadcast"][database] = {"figures": b_figures, "targets": b_targets}
 
     micro: list[tuple[str, t.Callable[[], t.Any]]] = [
         (
