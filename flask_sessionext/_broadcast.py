@@ -60,6 +60,10 @@ _PG_PUBLISH = sa.text(
     " SELECT id, pg_notify(:channel, id::text) FROM published"
 )
 
+#: Elsewhere: one statement, its values as parameters, so that it is compiled
+#: once rather than built and looked up in the cache at each publication.
+_INSERT = outbox_table.insert()
+
 #: ``_PG_PUBLISH`` compiled once per dialect: the statement in the driver's
 #: parameter style and, for a positional style, the names in their order.
 #: ``exec_driver_sql`` runs it without the compiled-cache lookup and result
@@ -274,9 +278,12 @@ class Broadcast:
                 ).scalar_one()
             else:
                 inserted = connection.execute(
-                    outbox_table.insert().values(
-                        channel=self.settings.channel, created_at=now, payload=payload
-                    )
+                    _INSERT,
+                    {
+                        "channel": self.settings.channel,
+                        "created_at": now,
+                        "payload": payload,
+                    },
                 )
                 sequence = t.cast("sa.Row[t.Any]", inserted.inserted_primary_key)[0]
             if self._subscribed:
