@@ -2,7 +2,8 @@
 peers, side by side in one process.
 
 Whole requests through the adapters of ``bench_apps`` on SQLite and/or
-PostgreSQL (the throwaway server the tests use), then the micro benchmarks of
+PostgreSQL (the throwaway server the tests use) and the cost and latency of
+``SESSIONEXT_BROADCAST`` (``bench_broadcast``), then the micro benchmarks of
 the signal bridge, change tracking and query recording. Writes the tables as
 Markdown and JSON. ``--quick`` is a smoke run of about a minute that fails only on
 errors, never on timings.
@@ -22,7 +23,7 @@ import typing as t
 from dataclasses import asdict
 from pathlib import Path
 
-from . import bench_apps, bench_changes, bench_recording, bench_signals
+from . import bench_apps, bench_broadcast, bench_changes, bench_recording, bench_signals
 
 TARGET_WORKLOADS = ("nodb", "empty", "read", "write")
 
@@ -126,16 +127,24 @@ def main(argv: list[str] | None = None) -> int:
         "databases": {},
     }
     markdown = [f"# Benchmarks ({report['date']})", "", report["machine"], ""]
+    broadcast: list[str] = []
+    report["broadcast"] = {}
     for database in databases:
         server = None
         with tempfile.TemporaryDirectory() as tmp:
+            url_for: t.Callable[[str], str]
             if database == "sqlite":
                 urls = {
                     name: f"sqlite:///{tmp}/{name}.sqlite3"
                     for name in bench_apps.ADAPTERS
                 }
+
+                def url_for(name: str, tmp: str = tmp) -> str:
+                    return f"sqlite:///{tmp}/{name}.sqlite3"
+
             else:
                 server, urls = _postgres_urls(bench_apps.ADAPTERS)
+                url_for = server.create_database
             try:
                 adapters = {
                     name: bench_apps.build(name, urls[name])
@@ -144,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
                 results = bench_apps.run(adapters, bench_apps.WORKLOADS, rounds, scale)
                 for adapter in adapters.values():
                     adapter.engine.dispose()
+                b_table, b_targets, b_figures = bench_broadcast.section(
+                    database, url_for, args.quick
+                )
             finally:
                 if server is not None:
                     server.close()
@@ -164,6 +176,16 @@ def main(argv: list[str] | None = None) -> int:
             },
             "targets": targets,
         }
+        print(f"\n== broadcast, {database} ==\n{b_table}\n" + "\n".join(b_targets))
+        broadcast += [
+            f"### {database}",
+            "",
+            b_table,
+            "",
+            *[f"- {line}" for line in b_targets],
+            "",
+        ]
+        report["broadcast"][database] = {"figures": b_figures, "targets": b_targets}
 
     micro: list[tuple[str, t.Callable[[], t.Any]]] = [
         (
@@ -190,6 +212,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{out.getvalue()}", end="")
         markdown += [f"## {title}", "", "```", out.getvalue().rstrip(), "```", ""]
         report[title] = out.getvalue()
+
+    markdown += [
+        "## broadcast (SESSIONEXT_BROADCAST)",
+        "",
+        bench_broadcast.METHOD,
+        "",
+        *broadcast,
+    ]
 
     if not args.quick:
         args.out.mkdir(parents=True, exist_ok=True)

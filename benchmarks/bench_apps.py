@@ -121,9 +121,15 @@ def _raw(url: str, pre_ping: bool = False) -> Adapter:
     return Adapter(app, engine, User.__table__)
 
 
-def _sessionext(url: str, full: bool, ping: bool = True) -> Adapter:
+def _sessionext(
+    url: str, full: bool, ping: bool = True, broadcast: str | None = None
+) -> Adapter:
     app = Flask("sessionext_full" if full else "sessionext")
     app.config["SESSIONEXT_DATABASE_URI"] = url
+    if broadcast is not None:
+        # "publish": every commit publishes, no receiver in this process;
+        # "receive": with a receiver too, so its listener thread runs.
+        app.config["SESSIONEXT_BROADCAST"] = {"channel": "bench"}
     if not ping:  # no pool_pre_ping, nor the liveness check that replaces it
         app.config["SESSIONEXT_ENGINE_OPTIONS"] = {"pool_pre_ping": False}
     if full:
@@ -138,6 +144,10 @@ def _sessionext(url: str, full: bool, ping: bool = True) -> Adapter:
     with app.app_context():
         engine = db.engine
         scoped = db.session
+    if broadcast is not None:
+        db.outbox_metadata.create_all(engine)
+    if broadcast == "receive":  # once the table is there
+        signals.models_committed_anywhere.connect(_count, sender=app, weak=False)
     _views(app, scoped, User)
     return Adapter(app, engine, User.__table__)
 
@@ -183,6 +193,9 @@ def build(name: str, url: str) -> Adapter:
         "fsa": lambda: _fsa(url, False),
         "fsa_full": lambda: _fsa(url, True),
         "lite": lambda: _lite(url),
+        # Not in ADAPTERS: the broadcast benchmark's.
+        "sessionext_publish": lambda: _sessionext(url, False, broadcast="publish"),
+        "sessionext_receive": lambda: _sessionext(url, False, broadcast="receive"),
     }
     adapter = factories[name]()
     reset(adapter)
@@ -234,8 +247,11 @@ def run(
     workloads: t.Sequence[str],
     rounds: int,
     scale: float = 1.0,
+    baseline: str = "raw",
 ) -> dict[str, dict[str, Result]]:
-    """Interleaved rounds over every adapter and workload."""
+    """Interleaved rounds over every adapter and workload; the ratios are
+    to the adapter ``baseline``.
+    """
     environs = {w: EnvironBuilder(path=f"/{w}").get_environ() for w in workloads}
     turns = {w: max(1, int(TURN[w] * scale)) for w in workloads}
     times: dict[tuple[str, str], list[float]] = {
@@ -262,7 +278,7 @@ def run(
     for name in adapters:
         for workload in workloads:
             values = times[name, workload]
-            ratios = [v / r for v, r in zip(values, times["raw", workload])]
+            ratios = [v / r for v, r in zip(values, times[baseline, workload])]
             q1, _, q3 = (
                 statistics.quantiles(ratios, n=4)
                 if len(ratios) > 1

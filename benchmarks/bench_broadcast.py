@@ -2,16 +2,19 @@
 costs a committing transaction, and how long a commit takes to reach the
 other processes.
 
-1. *Cost per commit*: the ``write`` workload's transaction (one row inserted
-   through ``db.session``, committed), in one process, with broadcast off
-   and on, alternating rounds; the statements each commit runs (its round
-   trips), counted with ``before_cursor_execute``.
+1. *Cost per committed transaction*: the ``write`` workload of
+   :mod:`.bench_apps` (a request inserting ten rows and committing) on the
+   ``sessionext`` adapter with broadcast off, publishing, and publishing with
+   a receiver in the process, in interleaved rounds
+   (:func:`.bench_apps.run`); the statements each request runs (its round
+   trips), counted with ``before_cursor_execute`` in an untimed pass.
 2. *Latency*: 4 processes publish at once (each commit stamped with the
    wall-clock time before it) and receive everything; the delay from that
    stamp to each process's receiver, median and 99th percentile.
 
-On PostgreSQL (the tests' throwaway server) by default; ``--db sqlite``
-for the polling mode. ``--quick`` is a smoke run.
+Part of ``python -m benchmarks`` (:func:`section`, on each database). Alone:
+on PostgreSQL (the tests' throwaway server) by default, ``--db sqlite`` for
+the polling mode; ``--quick`` is a smoke run.
 """
 
 from __future__ import annotations
@@ -29,11 +32,29 @@ from pathlib import Path
 import sqlalchemy as sa
 from flask import Flask
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from werkzeug.test import EnvironBuilder
 
 from flask_sessionext import CommittedChange, SessionExt
 from flask_sessionext.signals import models_committed_anywhere
 
+from . import bench_apps
+
 PUBLISHERS = 4
+#: What the section of ``results.md`` measured, above its tables.
+METHOD = (
+    "The `write` workload of the adapters (a request inserting ten rows and"
+    " committing) on `sessionext` with broadcast off, publishing (no receiver"
+    " in the process), and publishing with a receiver (its listener thread"
+    " receiving every commit), in interleaved rounds: µs per request and the"
+    " median per-round ratio to off. Statements are the cursor executions of"
+    " one request, counted in an untimed pass (the `COMMIT` is not one)."
+    f" Latency: {PUBLISHERS} processes publish and receive at once; the delay"
+    " from the wall-clock time stamped before each commit to each process's"
+    " receiver. Issue 16's targets: <= 10 % and <= one extra round trip on"
+    " `write`, p99 < 50 ms on loopback PostgreSQL."
+)
+#: The latency part's polling interval on SQLite.
+POLL_INTERVAL = 0.01
 
 
 class Base(DeclarativeBase):
@@ -54,7 +75,7 @@ def make_app(url: str, broadcast: bool) -> tuple[Flask, SessionExt]:
     app.config.update(
         SESSIONEXT_DATABASE_URI=url,
         SESSIONEXT_RECORD_QUERIES=False,
-        SESSIONEXT_BROADCAST={"channel": "bench", "poll_interval": 0.01}
+        SESSIONEXT_BROADCAST={"channel": "bench", "poll_interval": POLL_INTERVAL}
         if broadcast
         else None,
     )
@@ -77,42 +98,66 @@ def commit_one(app: Flask, db: SessionExt) -> None:
         db.session.commit()
 
 
-def cost(url: str, rounds: int, per_round: int) -> dict[str, float]:
-    """µs per commit off and on (medians of alternating rounds), and the
-    statements per commit of each.
+#: The write workload's adapters: broadcast off, publishing, and publishing
+#: with a receiver in the process (its listener thread running).
+WRITE_ADAPTERS = ("sessionext", "sessionext_publish", "sessionext_receive")
+#: Issue 16's targets.
+TARGET_RATIO = 1.10
+TARGET_EXTRA_STATEMENTS = 1
+TARGET_P99_MS = 50.0
+
+
+def statements_per_request(adapter: bench_apps.Adapter, n: int = 20) -> float:
+    """The statements (cursor executions) of one ``write`` request, counted
+    in an untimed pass; the ``COMMIT`` is not one of them.
     """
-    apps = {name: make_app(url, name == "on") for name in ("off", "on")}
-    timings: dict[str, list[float]] = {"off": [], "on": []}
-    statements: dict[str, float] = {}
-    for name, (app, db) in apps.items():
-        count = [0]
-        engine = app.extensions["sessionext"].engines[None]
+    count = [0]
 
-        def counter(*args: t.Any, count: list[int] = count) -> None:
-            count[0] += 1
+    def counter(*args: t.Any) -> None:
+        count[0] += 1
 
-        commit_one(app, db)  # connect first
-        sa.event.listen(engine, "before_cursor_execute", counter)
-        for _ in range(50):
-            commit_one(app, db)
-        sa.event.remove(engine, "before_cursor_execute", counter)
-        statements[name] = count[0] / 50
-    for _ in range(rounds):
-        for name, (app, db) in apps.items():
-            start = time.perf_counter()
-            for _ in range(per_round):
-                commit_one(app, db)
-            timings[name].append((time.perf_counter() - start) / per_round * 1e6)
-    for app, _ in apps.values():
-        for engine in app.extensions["sessionext"].engines.values():
-            engine.dispose()
-    off = statements["off"]
-    on = statements["on"]
+    environ = EnvironBuilder(path="/write").get_environ()
+    bench_apps._turn(adapter.app, environ, 1)  # connected, compiled
+    sa.event.listen(adapter.engine, "before_cursor_execute", counter)
+    try:
+        bench_apps._turn(adapter.app, environ, n)
+    finally:
+        sa.event.remove(adapter.engine, "before_cursor_execute", counter)
+    return count[0] / n
+
+
+def write_cost(
+    url_for: t.Callable[[str], str], rounds: int, scale: float
+) -> dict[str, dict[str, float]]:
+    """The ``write`` workload of ``bench_apps`` (a request inserting ten rows
+    and committing) with broadcast off and on, in interleaved rounds: µs per
+    request, the median per-round ratio to off with its interquartile range,
+    and the statements per request.
+    """
+    adapters = {name: bench_apps.build(name, url_for(name)) for name in WRITE_ADAPTERS}
+    try:
+        statements = {
+            name: statements_per_request(adapter) for name, adapter in adapters.items()
+        }
+        results = bench_apps.run(
+            adapters, ("write",), rounds, scale, baseline="sessionext"
+        )
+    finally:
+        for name, adapter in adapters.items():
+            if name == "sessionext_receive":
+                models_committed_anywhere.disconnect(
+                    bench_apps._count, sender=adapter.app
+                )
+            adapter.engine.dispose()
     return {
-        "off_us": statistics.median(timings["off"]),
-        "on_us": statistics.median(timings["on"]),
-        "off_statements": off,
-        "on_statements": on,
+        name: {
+            "us": results[name]["write"].us_per_request,
+            "ratio": results[name]["write"].ratio,
+            "ratio_q1": results[name]["write"].ratio_q1,
+            "ratio_q3": results[name]["write"].ratio_q3,
+            "statements": statements[name],
+        }
+        for name in WRITE_ADAPTERS
     }
 
 
@@ -191,6 +236,72 @@ def latency(url: str, commits: int) -> dict[str, float]:
     }
 
 
+def section(
+    database: str, url_for: t.Callable[[str], str], quick: bool
+) -> tuple[str, list[str], dict[str, t.Any]]:
+    """Both measures on ``database`` (``"sqlite"`` or ``"postgres"``), each
+    on databases from ``url_for(name)``: a Markdown table, the targets with
+    their verdicts, and the figures.
+    """
+    rounds, scale = (3, 0.2) if quick else (30, 1.0)
+    cost = write_cost(url_for, rounds, scale)
+    url = url_for("broadcast_latency")
+    fresh(url)
+    lat = latency(url, 10 if quick else 250)
+    off = cost["sessionext"]
+    lines = [
+        "| write request | µs | ratio to off (IQR) | statements per request |",
+        "|---|---|---|---|",
+    ]
+    labels = {
+        "sessionext": "broadcast off",
+        "sessionext_publish": "publishing",
+        "sessionext_receive": "publishing, listener running",
+    }
+    for name, label in labels.items():
+        c = cost[name]
+        lines.append(
+            f"| {label} | {c['us']:.0f} | {c['ratio']:.3f}"
+            f" ({c['ratio_q1']:.3f} to {c['ratio_q3']:.3f}) | {c['statements']:g} |"
+        )
+    lines += [
+        "",
+        f"Commit-to-receive latency, {PUBLISHERS} processes publishing and"
+        f" receiving: {lat['deliveries']}/{lat['expected']} deliveries, median"
+        f" {lat['median_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms,"
+        f" max {lat['max_ms']:.1f} ms",
+    ]
+    publish = cost["sessionext_publish"]
+    extra = publish["statements"] - off["statements"]
+    targets = [
+        f"write, publishing: {publish['ratio']:.3f} x off, target <="
+        f" {TARGET_RATIO:.2f}: {_verdict(publish['ratio'] <= TARGET_RATIO)}"
+        f" ({cost['sessionext_receive']['ratio']:.3f} x with the listener running)",
+        f"statements per committing request: {off['statements']:g} ->"
+        f" {publish['statements']:g}, target <= {TARGET_EXTRA_STATEMENTS} more:"
+        f" {_verdict(extra <= TARGET_EXTRA_STATEMENTS)}",
+    ]
+    if database == "postgres":
+        targets.append(
+            f"latency p99 {lat['p99_ms']:.1f} ms, target < {TARGET_P99_MS:.0f} ms"
+            f" on PostgreSQL: {_verdict(lat['p99_ms'] < TARGET_P99_MS)}"
+        )
+    else:
+        targets.append(
+            f"latency p99 {lat['p99_ms']:.1f} ms (polling every"
+            f" {POLL_INTERVAL * 1000:.0f} ms; the target is PostgreSQL's)"
+        )
+    ok = lat["deliveries"] == lat["expected"]
+    targets.append(
+        f"deliveries {lat['deliveries']}/{lat['expected']}, target all: {_verdict(ok)}"
+    )
+    return "\n".join(lines), targets, {"write": cost, "latency": lat}
+
+
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run both measures and print them."""
     parser = argparse.ArgumentParser(
@@ -201,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     server = None
     with tempfile.TemporaryDirectory() as tmp:
+        url_for: t.Callable[[str], str]
         if args.db == "postgres":
             sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
             from _postgres import start_for_session
@@ -210,28 +322,15 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit(
                     "PostgreSQL server binaries not found: use --db sqlite"
                 )
-            url = server.create_database("bench_broadcast")
+            url_for = server.create_database
         else:
-            url = f"sqlite:///{tmp}/bench.sqlite3"
+
+            def url_for(name: str) -> str:
+                return f"sqlite:///{tmp}/{name}.sqlite3"
+
         try:
-            fresh(url)
-            rounds, per_round = (3, 20) if args.quick else (15, 200)
-            c = cost(url, rounds, per_round)
-            print(f"Cost per committed transaction ({args.db}, write workload):")
-            print(
-                f"  off {c['off_us']:.0f} µs, {c['off_statements']:.0f} statements;"
-                f" on {c['on_us']:.0f} µs, {c['on_statements']:.0f} statements"
-                f" ({c['on_us'] / c['off_us'] - 1:+.1%},"
-                f" {c['on_statements'] - c['off_statements']:+.0f} round trip)"
-            )
-            fresh(url)
-            lat = latency(url, 20 if args.quick else 250)
-            print(
-                f"Commit-to-receive latency, {PUBLISHERS} processes publishing and"
-                f" receiving: {lat['deliveries']}/{lat['expected']} deliveries,"
-                f" median {lat['median_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms,"
-                f" max {lat['max_ms']:.1f} ms"
-            )
+            table, targets, _ = section(args.db, url_for, args.quick)
+            print(f"== broadcast, {args.db} ==\n{table}\n" + "\n".join(targets))
         finally:
             if server is not None:
                 server.close()

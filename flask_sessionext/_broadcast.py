@@ -60,6 +60,28 @@ _PG_PUBLISH = sa.text(
     " SELECT id, pg_notify(:channel, id::text) FROM published"
 )
 
+#: Elsewhere: one statement, its values as parameters, so that it is compiled
+#: once rather than built and looked up in the cache at each publication.
+_INSERT = outbox_table.insert()
+
+#: ``_PG_PUBLISH`` compiled once per dialect: the statement in the driver's
+#: parameter style and, for a positional style, the names in their order.
+#: ``exec_driver_sql`` runs it without the compiled-cache lookup and result
+#: set-up of ``Connection.execute``, which were a third of the time
+#: publishing spent in Python (its parameters are untyped: no processing to
+#: skip); the statement events and query recording still see it.
+_PG_COMPILED: weakref.WeakKeyDictionary[sa.Dialect, tuple[str, tuple[str, ...] | None]]
+_PG_COMPILED = weakref.WeakKeyDictionary()
+
+
+def _pg_publish(dialect: sa.Dialect) -> tuple[str, tuple[str, ...] | None]:
+    compiled = _PG_COMPILED.get(dialect)
+    if compiled is None:
+        statement = _PG_PUBLISH.compile(dialect=dialect)
+        order = tuple(statement.positiontup or ()) if statement.positional else None
+        compiled = _PG_COMPILED[dialect] = (statement.string, order)
+    return compiled
+
 
 class _Level:
     """The net row changes of one transaction level, by ``(table, pk)``."""
@@ -241,20 +263,27 @@ class Broadcast:
         now = utcnow()
         try:
             if connection.dialect.name == "postgresql":
-                sequence = connection.execute(
-                    _PG_PUBLISH,
-                    {
-                        "created_at": now,
-                        "payload": payload,
-                        "lock": self._lock_key,
-                        "channel": self.settings.channel,
-                    },
+                statement, order = _pg_publish(connection.dialect)
+                parameters = {
+                    "created_at": now,
+                    "payload": payload,
+                    "lock": self._lock_key,
+                    "channel": self.settings.channel,
+                }
+                sequence = connection.exec_driver_sql(
+                    statement,
+                    parameters
+                    if order is None
+                    else tuple(parameters[name] for name in order),
                 ).scalar_one()
             else:
                 inserted = connection.execute(
-                    outbox_table.insert().values(
-                        channel=self.settings.channel, created_at=now, payload=payload
-                    )
+                    _INSERT,
+                    {
+                        "channel": self.settings.channel,
+                        "created_at": now,
+                        "payload": payload,
+                    },
                 )
                 sequence = t.cast("sa.Row[t.Any]", inserted.inserted_primary_key)[0]
             if self._subscribed:

@@ -358,6 +358,38 @@ def test_models_setting_filters(app: Flask) -> None:
             engine.dispose()
 
 
+@pytest.mark.parametrize("database", ["postgresql"])
+@pytest.mark.parametrize("paramstyle", ["pyformat", "format"])
+def test_publishes_in_either_parameter_style(app: Flask, paramstyle: str) -> None:
+    """The PostgreSQL publication, compiled once for the driver, runs with
+    named and with positional parameters alike.
+    """
+    app.config.update(
+        SESSIONEXT_BROADCAST=True,
+        SESSIONEXT_ENGINE_OPTIONS={"paramstyle": paramstyle},
+    )
+    db = SessionExt(app)
+    engine = app.extensions["sessionext"].engines[None]
+    assert engine.dialect.paramstyle == paramstyle
+    Base.metadata.create_all(engine)
+    SessionExt.outbox_metadata.create_all(engine)
+    try:
+        with app.app_context():
+            db.session.add_all([User(name="ada"), User(name="grace")])
+            db.session.commit()
+        [(_, payload)] = outbox_rows(app)
+        _, changes = decode(payload)
+        assert sorted((table, pk, op) for _, table, pk, op, _ in changes) == [
+            ("users", (1,), "insert"),
+            ("users", (2,), "insert"),
+        ]
+    finally:
+        Base.metadata.drop_all(engine)
+        SessionExt.outbox_metadata.drop_all(engine)
+        for bind in app.extensions["sessionext"].engines.values():
+            bind.dispose()
+
+
 def test_large_transaction_arrives_whole(
     broadcast_app: tuple[Flask, SessionExt],
 ) -> None:
