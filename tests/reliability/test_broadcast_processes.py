@@ -7,6 +7,7 @@ and never touch their parent's.
 
 from __future__ import annotations
 
+import gc
 import http.client
 import json
 import os
@@ -35,7 +36,7 @@ from _postgres import PostgresServer
 #: Lists the listener connections: (client process id, server process id).
 LISTENERS = sa.text(
     "SELECT application_name, pid FROM pg_stat_activity"
-    " WHERE application_name LIKE :prefix"
+    " WHERE application_name LIKE :prefix AND datname = current_database()"
 ).bindparams(prefix=f"{APPLICATION_NAME}-%")
 
 Received = list[tuple[int, bool, list[int]]]
@@ -91,6 +92,17 @@ def listeners(url: str) -> dict[int, int]:
         assert client not in found, f"process {client} has two listener connections"
         found[client] = backend
     return found
+
+
+def _listening(url: str) -> bool:
+    """Whether this process has a listener connection on ``url``'s database."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(LISTENERS).all()
+    finally:
+        engine.dispose()
+    return any(int(name.rsplit("-", 1)[1]) == os.getpid() for name, _ in rows)
 
 
 def wait_for_files(
@@ -177,6 +189,13 @@ def test_forked_child_listens_on_its_own_connection(
     never touched and keeps receiving, the child's publications too.
     """
     fresh_tables(postgres_url)
+    # Listeners of apps that earlier tests of this process dropped stop once
+    # the apps are collected, and their connections close shortly after.
+    gc.collect()
+    deadline = time.monotonic() + 10
+    while _listening(postgres_url):
+        assert time.monotonic() < deadline, "an earlier test's listener is left"
+        time.sleep(0.05)
     app = Flask(__name__)
     app.config.update(
         SESSIONEXT_DATABASE_URI=postgres_url, SESSIONEXT_BROADCAST=SETTINGS
