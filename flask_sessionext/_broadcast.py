@@ -26,7 +26,7 @@ from sqlalchemy import orm
 
 from . import _outbox_listener
 from ._listeners import Listeners
-from ._model_changes import _level_of
+from ._model_changes import end_level, mark_released
 from ._outbox import (
     OUTBOX,
     Summary,
@@ -297,20 +297,9 @@ class Broadcast:
             raise
 
     def _after_commit(self, session: orm.Session) -> None:
-        nested = session.get_nested_transaction()
-        levels = session.info.get(_LEVELS)
-        if nested is not None and levels and nested in levels:
-            levels[nested].released = True
+        mark_released(session.info.get(_LEVELS), session)
 
     def _after_transaction_end(
         self, session: orm.Session, transaction: orm.SessionTransaction
     ) -> None:
-        levels = session.info.get(_LEVELS)
-        if not levels:
-            return
-        level = levels.pop(transaction, None)
-        if level is not None and level.released and transaction.parent is not None:
-            parent = _level_of(transaction.parent)
-            levels.setdefault(parent, _Level()).absorb(level)
-        if transaction.parent is None:
-            levels.clear()  # whatever a rollback left behind
+        end_level(session.info.get(_LEVELS), transaction, _Level)

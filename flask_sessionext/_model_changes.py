@@ -104,6 +104,49 @@ def _levels(session: orm.Session) -> Levels:
     return levels
 
 
+class _Absorbing(t.Protocol):
+    """What :func:`mark_released` and :func:`end_level` need of a level."""
+
+    released: bool
+
+    def absorb(self, child: t.Any) -> None: ...
+
+
+_L = t.TypeVar("_L", bound=_Absorbing)
+
+
+def mark_released(
+    levels: dict[orm.SessionTransaction, _L] | None, session: orm.Session
+) -> None:
+    """At an ``after_commit`` that releases a SAVEPOINT: mark its level, which
+    its ``after_transaction_end`` hands to the enclosing level.
+    """
+    nested = session.get_nested_transaction()
+    if nested is not None and levels and nested in levels:
+        levels[nested].released = True
+
+
+def end_level(
+    levels: dict[orm.SessionTransaction, _L] | None,
+    transaction: orm.SessionTransaction,
+    new_level: t.Callable[[], _L],
+) -> _L | None:
+    """At the ``after_transaction_end`` of ``transaction``: drop its level, or,
+    for a released SAVEPOINT, fold it into the enclosing level; at the end of
+    the outermost transaction, drop whatever a rollback left behind. Returns
+    the level of ``transaction``, if it had one.
+    """
+    if not levels:
+        return None
+    level = levels.pop(transaction, None)
+    if level is not None and level.released and transaction.parent is not None:
+        parent = _level_of(transaction.parent)
+        levels.setdefault(parent, new_level()).absorb(level)
+    if transaction.parent is None:
+        levels.clear()
+    return level
+
+
 def _level_of(transaction: orm.SessionTransaction) -> orm.SessionTransaction:
     """The SAVEPOINT or outermost transaction that ``transaction`` is part of."""
     while not transaction.nested and transaction.parent is not None:
@@ -248,10 +291,8 @@ class ChangeTracker:
 
     def _after_commit(self, session: orm.Session) -> None:
         levels = _levels(session)
-        nested = session.get_nested_transaction()
-        if nested is not None:
-            if nested in levels:
-                levels[nested].released = True
+        if session.get_nested_transaction() is not None:
+            mark_released(levels, session)
             return
         root = session.get_transaction()
         level = levels.pop(root, None) if root is not None else None
@@ -271,14 +312,7 @@ class ChangeTracker:
     def _after_transaction_end(
         self, session: orm.Session, transaction: orm.SessionTransaction
     ) -> None:
-        levels = session.info.get(_LEVELS)
-        if levels:
-            level = levels.pop(transaction, None)
-            if level is not None and level.released and transaction.parent is not None:
-                parent = _level_of(transaction.parent)
-                levels.setdefault(parent, _Level()).absorb(level)
-            if transaction.parent is None:
-                levels.clear()  # whatever a rollback left behind
+        end_level(session.info.get(_LEVELS), transaction, _Level)
         if transaction.parent is not None:
             return
         for connection in session.info.pop(_GUARDED, ()):
