@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import typing as t
 from collections.abc import Mapping
+from types import MethodType
 
 import sqlalchemy as sa
 import sqlalchemy.orm as orm
@@ -112,23 +113,36 @@ IN_MEMORY = frozenset(
     }
 )
 
-_F = t.TypeVar("_F", bound=t.Callable[..., t.Any])
 
+class _Operation:
+    """A method of the Session made a session operation, as a descriptor of
+    the app's Session class: while the app's runtime says that a receiver
+    error raised in it may need raising (:attr:`Session._sessionext_deferring`),
+    a session gets it through :func:`~._receiver_errors.run_operation`;
+    otherwise it gets the method itself, bound, and calls it at no cost.
 
-def _operation(name: str, method: _F) -> _F:
-    """``method`` of the Session, made a session operation: while the app's
-    runtime says that a receiver error raised in it may need raising
-    (:attr:`Session._sessionext_deferring`), it runs through
-    :func:`~._receiver_errors.run_operation`; otherwise it is called as it is.
+    Looked up on the class it is the method itself. Chosen at each lookup, so
+    nothing on the class ever changes, while a wrapper function would cost
+    every call of every operation a frame and its arguments repacked.
     """
 
-    @functools.wraps(method)
-    def operation(self: Session, *args: t.Any, **kwargs: t.Any) -> t.Any:
-        if name in self._sessionext_deferring:
-            return run_operation(method, self, args, kwargs)
-        return method(self, *args, **kwargs)
+    __slots__ = ("method", "name")
 
-    return t.cast(_F, operation)
+    def __init__(self, name: str, method: t.Callable[..., t.Any]) -> None:
+        self.name = name
+        self.method = method
+
+    def __get__(
+        self, session: Session | None, owner: type | None = None
+    ) -> t.Callable[..., t.Any]:
+        if session is None:
+            return self.method
+        if self.name in session._sessionext_deferring:
+            return functools.partial(self._deferred, session)
+        return MethodType(self.method, session)
+
+    def _deferred(self, session: Session, *args: t.Any, **kwargs: t.Any) -> t.Any:
+        return run_operation(self.method, session, args, kwargs)
 
 
 class Session(orm.Session):
@@ -170,6 +184,10 @@ class Session(orm.Session):
             target = _table_of(clause)
         if target is not None:
             return router.route(target)
+        if self.bind is not None and not router.user_binds:
+            # What SQLAlchemy's get_bind() finds here too, without its checks
+            # of the 'binds' session option: asked for at every statement.
+            return self.bind
         return super().get_bind(mapper, clause=clause, **kwargs)
 
 
@@ -182,6 +200,8 @@ class BindRouter:
         self.engines = engines
         #: Whether there are several binds to choose from.
         self.several = len(engines) > 1
+        #: Whether the session options give SQLAlchemy's own ``binds``.
+        self.user_binds = False
         #: Mapped class, mapper or table -> the engine of its bind.
         self._routes: dict[object, sa.Engine] = {}
         #: Engine -> the connection that stands in for it; set only by
@@ -299,7 +319,7 @@ def make_session_class(
     """
     after = orm.Session if base is None or base is Session else base
     namespace: dict[str, object] = {
-        name: _operation(name, getattr(after, name))
+        name: _Operation(name, getattr(after, name))
         for name in OPERATIONS
         if hasattr(after, name)  # delete_all, merge_all: SQLAlchemy >= 2.1
     }
@@ -317,6 +337,7 @@ def make_sessionmaker(
     listener on 2.0).
     """
     session_class = make_session_class(settings.session_class, engines)
+    session_class._sessionext_router.user_binds = "binds" in settings.session_options
     maker = orm.sessionmaker(
         bind=engines[None], class_=session_class, **settings.session_options
     )

@@ -315,3 +315,26 @@ def test_every_session_method_is_sorted() -> None:
     }
     assert public - _session.OPERATIONS - _session.IN_MEMORY == set()
     assert not _session.OPERATIONS & _session.IN_MEMORY
+
+
+def test_session_option_binds_route_core_statements(tmp_path: Path) -> None:
+    """SQLAlchemy's own ``binds`` session option still sends a Core statement
+    on its table to the engine it names, with one configured bind.
+    """
+    other = sa.create_engine(f"sqlite:///{tmp_path / 'other.sqlite3'}")
+    table = sa.Table(
+        "marks", sa.MetaData(), sa.Column("id", sa.Integer, primary_key=True)
+    )
+    table.create(other)
+    app = Flask(__name__)
+    app.config["SESSIONEXT_DATABASE_URI"] = f"sqlite:///{tmp_path / 'app.sqlite3'}"
+    app.config["SESSIONEXT_SESSION_OPTIONS"] = {"binds": {table: other}}
+    db = SessionExt(app)
+    with app.app_context():
+        assert db.session.get_bind(clause=sa.select(table)) is other
+        assert (
+            db.session.execute(sa.select(sa.func.count()).select_from(table)).scalar()
+            == 0
+        )
+        assert db.session.get_bind() is db.engine
+    other.dispose()
