@@ -219,7 +219,7 @@ class PostgresServer:
 
         Returns ``url(name)``.
         """
-        with self._superuser_connection() as conn:
+        with self.superuser_connection() as conn:
             exists = conn.execute(
                 "SELECT 1 FROM pg_database WHERE datname = %s", (name,)
             ).fetchone()
@@ -311,7 +311,10 @@ class PostgresServer:
             f"@127.0.0.1:{self.port}/{quote(database, safe='')}"
         )
 
-    def _superuser_connection(self) -> psycopg.Connection[tuple[object, ...]]:
+    def superuser_connection(self) -> psycopg.Connection[tuple[object, ...]]:
+        """An autocommit connection to the ``postgres`` database as the
+        superuser, e.g. to terminate backends.
+        """
         return psycopg.connect(
             host="127.0.0.1",
             port=self.port,
@@ -414,7 +417,7 @@ class PostgresServer:
         return len(lines) >= 8 and lines[0] == str(pid) and lines[7].strip() == "ready"
 
     def _bootstrap(self) -> None:
-        with self._superuser_connection() as conn:
+        with self.superuser_connection() as conn:
             # Send a SCRAM verifier, never the clear text, so the password
             # cannot show up in the server log.
             verifier = conn.pgconn.encrypt_password(

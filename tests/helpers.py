@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import typing as t
+import warnings
 
 import sqlalchemy as sa
 from flask import Flask
@@ -45,3 +47,43 @@ def run_python(code: str) -> str:
     )
     assert result.returncode == 0, result.stderr
     return result.stdout
+
+
+class Forked:
+    """A child process started by :func:`fork`."""
+
+    def __init__(self, pid: int, read_end: int) -> None:
+        self.pid = pid
+        self._read_end = read_end
+
+    def result(self) -> str:
+        """Wait for the child to exit, and return the text its function
+        returned; the child must have exited successfully.
+        """
+        _, status = os.waitpid(self.pid, 0)
+        with os.fdopen(self._read_end) as pipe:
+            text = pipe.read()
+        assert os.waitstatus_to_exitcode(status) == 0
+        return text
+
+
+def fork(child: t.Callable[[], str]) -> Forked:
+    """Run ``child`` in a process forked from this one, which exits right
+    after it (with status 1 if it raised); the parent goes on at once and
+    gets the child's returned text from :meth:`Forked.result`.
+    """
+    read_end, write_end = os.pipe()
+    with warnings.catch_warnings():
+        # Python 3.12+ warns about fork() in a process with threads (pytest-
+        # xdist's); the child runs only ``child``, then exits.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # the child
+        code = 1
+        try:
+            os.write(write_end, child().encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    return Forked(pid, read_end)

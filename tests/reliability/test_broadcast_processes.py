@@ -15,11 +15,11 @@ import subprocess
 import sys
 import time
 import typing as t
-import warnings
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
-import psycopg
 import sqlalchemy as sa
 from flask import Flask
 
@@ -32,6 +32,7 @@ from ._broadcast_apps import DATABASE_ENV, SETTINGS, Base, Note
 from ._webapp import free_port
 from .test_prefork_servers import TESTS_DIR, log_tail, running, wait_for_http
 from _postgres import PostgresServer
+from helpers import fork
 
 #: Lists the listener connections: (client process id, server process id).
 LISTENERS = sa.text(
@@ -40,19 +41,6 @@ LISTENERS = sa.text(
 ).bindparams(prefix=f"{APPLICATION_NAME}-%")
 
 Received = list[tuple[int, bool, list[int]]]
-
-
-def superuser(server: PostgresServer) -> psycopg.Connection[tuple[t.Any, ...]]:
-    """An autocommit connection to ``server`` as its superuser."""
-    url = sa.make_url(server.superuser_url())
-    return psycopg.connect(
-        host=url.host,
-        port=url.port,
-        user=url.username,
-        password=url.password,
-        dbname=url.database,
-        autocommit=True,
-    )
 
 
 def fresh_tables(url: str) -> None:
@@ -92,6 +80,31 @@ def listeners(url: str) -> dict[int, int]:
         assert client not in found, f"process {client} has two listener connections"
         found[client] = backend
     return found
+
+
+@contextmanager
+def two_publishers(
+    tmp_path: Path, url: str, *, timeout: float
+) -> Iterator[list[dict[str, t.Any]]]:
+    """Two processes of ``_broadcast_apps`` publishing into ``url`` (and
+    receiving) for the block; after it, the yielded list holds the result
+    each wrote once told to stop, waited for up to ``timeout`` seconds.
+    """
+    env = {DATABASE_ENV: url}
+    args = ["reliability._broadcast_apps", str(tmp_path)]
+    results: list[dict[str, t.Any]] = []
+    with (
+        running(args, env, tmp_path / "a.log"),
+        running(args, env, tmp_path / "b.log"),
+    ):
+        wait_for_files(tmp_path, "ready-*", 2, timeout=20)
+        (tmp_path / "go").touch()
+        yield results
+        (tmp_path / "stop").touch()
+        results += [
+            json.loads(path.read_text())
+            for path in wait_for_files(tmp_path, "result-*.json", 2, timeout=timeout)
+        ]
 
 
 def _listening(url: str) -> bool:
@@ -136,16 +149,9 @@ def test_terminate_and_restart_while_publishing(
     """
     url = own_postgres.url()
     fresh_tables(url)
-    env = {DATABASE_ENV: url}
-    args = ["reliability._broadcast_apps", str(tmp_path)]
-    with (
-        running(args, env, tmp_path / "a.log"),
-        running(args, env, tmp_path / "b.log"),
-    ):
-        wait_for_files(tmp_path, "ready-*", 2, timeout=20)
-        (tmp_path / "go").touch()
+    with two_publishers(tmp_path, url, timeout=30) as results:
         time.sleep(0.5)
-        with superuser(own_postgres) as conn:
+        with own_postgres.superuser_connection() as conn:
             killed = conn.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
                 " WHERE application_name LIKE %s",
@@ -157,11 +163,6 @@ def test_terminate_and_restart_while_publishing(
         time.sleep(0.3)
         own_postgres.start()
         time.sleep(1.0)
-        (tmp_path / "stop").touch()
-        results = [
-            json.loads(path.read_text())
-            for path in wait_for_files(tmp_path, "result-*.json", 2, timeout=30)
-        ]
     ids, notes = committed(url)
     assert len(ids) > 20, log_tail(tmp_path / "a.log")
     for name in ("a.log", "b.log"):
@@ -226,31 +227,21 @@ def test_forked_child_listens_on_its_own_connection(
             assert listener is not None
             assert listener.connected.wait(10)
             parent_backend = listeners(postgres_url)[os.getpid()]
-            read_end, write_end = os.pipe()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)
-                pid = os.fork()
-            if pid == 0:  # the child
-                code = 1
-                try:
-                    before = len(received)
-                    with app.app_context():  # starts the child's listener
-                        pass
-                    child = listener_of(broadcast.engine, broadcast.settings)
-                    assert child is not None
-                    assert child.connected.wait(10)
-                    commit()
-                    wait_for(before + 1)
-                    mine = listeners(postgres_url)[os.getpid()]
-                    os.write(write_end, json.dumps([mine, received[before:]]).encode())
-                    code = 0
-                finally:
-                    os._exit(code)
-            os.close(write_end)
-            _, status = os.waitpid(pid, 0)
-            with os.fdopen(read_end) as pipe:
-                child_backend, child_received = json.loads(pipe.read())
-            assert os.waitstatus_to_exitcode(status) == 0
+
+            def child() -> str:
+                before = len(received)
+                with app.app_context():  # starts the child's listener
+                    pass
+                own = listener_of(broadcast.engine, broadcast.settings)
+                assert own is not None
+                assert own.connected.wait(10)
+                commit()
+                wait_for(before + 1)
+                mine = listeners(postgres_url)[os.getpid()]
+                return json.dumps([mine, received[before:]])
+
+            forked = fork(child)
+            child_backend, child_received = json.loads(forked.result())
             commit()
             wait_for(2)
             # The parent's connection survived the child's exit.
@@ -383,20 +374,8 @@ def test_sqlite_processes_on_one_machine(tmp_path: Path) -> None:
     """
     url = f"sqlite:///{tmp_path / 'shared.sqlite3'}"
     fresh_tables(url)
-    env = {DATABASE_ENV: url}
-    args = ["reliability._broadcast_apps", str(tmp_path)]
-    with (
-        running(args, env, tmp_path / "a.log"),
-        running(args, env, tmp_path / "b.log"),
-    ):
-        wait_for_files(tmp_path, "ready-*", 2, timeout=20)
-        (tmp_path / "go").touch()
+    with two_publishers(tmp_path, url, timeout=20) as results:
         time.sleep(1.0)
-        (tmp_path / "stop").touch()
-        results = [
-            json.loads(path.read_text())
-            for path in wait_for_files(tmp_path, "result-*.json", 2, timeout=20)
-        ]
     ids, notes = committed(url)
     assert len(ids) > 10, log_tail(tmp_path / "a.log")
     for result in results:

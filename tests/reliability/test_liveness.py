@@ -9,8 +9,6 @@ import threading
 import time
 import typing as t
 
-import psycopg
-import sqlalchemy as sa
 from sqlalchemy.pool import QueuePool
 
 from ._webapp import READ, WRITE, MakeApp, Result, endless_plan, fixed_plan, load, serve
@@ -20,19 +18,6 @@ from helpers import checked_out, open_sessions
 #: How long the load goes on before the restart, and once the server is back.
 BEFORE = 0.5
 AFTER = 2.0
-
-
-def superuser(server: PostgresServer) -> psycopg.Connection[tuple[t.Any, ...]]:
-    """An autocommit connection to ``server`` as its superuser."""
-    url = sa.make_url(server.superuser_url())
-    return psycopg.connect(
-        host=url.host,
-        port=url.port,
-        user=url.username,
-        password=url.password,
-        dbname=url.database,
-        autocommit=True,
-    )
 
 
 def wait_for(condition: t.Callable[[], bool], timeout: float = 10.0) -> None:
@@ -124,7 +109,7 @@ def test_no_failure_after_backends_terminated(
         assert failed(warm) == []
         pooled = t.cast(QueuePool, engine.pool).checkedin()
         assert pooled >= 2
-        with superuser(own_postgres) as su:
+        with own_postgres.superuser_connection() as su:
             killed = su.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
                 " WHERE usename = %s",
@@ -150,7 +135,7 @@ def test_only_idle_connections_are_pinged(
         engine = db.engine
 
     def last_query(pid: int) -> str:
-        with superuser(own_postgres) as su:
+        with own_postgres.superuser_connection() as su:
             row = su.execute(
                 "SELECT query FROM pg_stat_activity WHERE pid = %s", (pid,)
             ).fetchone()
