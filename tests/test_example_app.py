@@ -314,31 +314,9 @@ def test_under_a_real_wsgi_server(tmp_path: Path) -> None:
         os.environ, FLASK_SESSIONEXT_DATABASE_URI=f"sqlite:///{tmp_path / 'e2e.db'}"
     )
     log = (tmp_path / "server.log").open("wb")
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "waitress",
-            "--host=127.0.0.1",
-            f"--port={port}",
-            "--call",
-            "example_app:create_app",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    server = _start_instance(port, env, log)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                status, headers, _ = _request(port, "GET", "/tasks")
-                break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise
-                time.sleep(0.1)
+        status, headers, _ = _request(port, "GET", "/tasks")
         assert status == 200
         assert re.fullmatch(
             r'db;dur=\d+\.\d;desc="\d+ quer(y|ies)"', headers["Server-Timing"]
@@ -415,6 +393,8 @@ def _start_instance(
             return server
         except OSError:
             if time.monotonic() > deadline or server.poll() is not None:
+                server.terminate()  # it never answered: stopped all the same
+                server.wait(timeout=10)
                 raise
             time.sleep(0.1)
 
