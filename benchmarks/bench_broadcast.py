@@ -180,7 +180,7 @@ def _publisher(
 
     models_committed_anywhere.connect(on_change, sender=app)
     broadcast = app.extensions["sessionext"].broadcast
-    from flask_sessionext._outbox_listener import listener_of
+    from flask_sessionext._features.outbox_listener import listener_of
 
     listener = listener_of(broadcast.engine, broadcast.settings)
     assert listener is not None

@@ -144,7 +144,7 @@ def listener_times(rounds: int) -> tuple[float, float]:
     """
     from flask_sqlalchemy import track_modifications
 
-    from flask_sessionext._model_changes import ChangeTracker
+    from flask_sessionext._features.changes import ChangeTracker
 
     ours_total, theirs_total = [0.0], [0.0]
     ours_events = [

@@ -1,5 +1,5 @@
 from ._extension import SessionExt
-from ._outbox import CommittedChange
+from ._features.outbox import CommittedChange
 from .recording import QueryRecord
 
 __all__ = ["CommittedChange", "QueryRecord", "SessionExt"]

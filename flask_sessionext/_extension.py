@@ -13,15 +13,16 @@ import sqlalchemy.exc as sa_exc
 import sqlalchemy.orm as orm
 from flask import Flask, abort
 
-from . import _tables, recording
-from ._engines import create_engines, prepare_engines
-from ._lifecycle import create_session, remove_session
-from ._listener_objects import Registration, connect_methods
-from ._listeners import Listeners
-from ._outbox import outbox_metadata
+from . import recording
+from ._config.settings import read_settings
+from ._engines.engines import create_engines, prepare_engines
+from ._engines.listeners import Listeners
+from ._features.outbox import outbox_metadata
+from ._receivers.listener_objects import Registration, connect_methods
 from ._runtime import Runtime
-from ._session import Session, app_ctx_scope, engine_for_key, make_sessionmaker
-from ._settings import read_settings
+from ._session import tables as _tables
+from ._session.lifecycle import create_session, remove_session
+from ._session.session import Session, app_ctx_scope, engine_for_key, make_sessionmaker
 from ._sqlalchemy_private import in_transaction_block
 from .cli import cli
 

@@ -27,13 +27,13 @@ from flask import Flask
 from flask.ctx import AppContext
 
 from . import recording
-from ._broadcast import Broadcast
-from ._event_signals import SignalBridge
-from ._listeners import Listeners
-from ._model_changes import ChangeTracker
-from ._receiver_errors import raise_parked
-from ._session import OPERATIONS, Session
-from ._settings import BroadcastSettings
+from ._config.settings import BroadcastSettings
+from ._engines.listeners import Listeners
+from ._features.bridge import SignalBridge
+from ._features.broadcast import Broadcast
+from ._features.changes import ChangeTracker
+from ._receivers.errors import raise_parked
+from ._session.session import OPERATIONS, Session
 from .signals import CATALOG, namespace, slow_query
 
 if t.TYPE_CHECKING:

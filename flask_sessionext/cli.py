@@ -14,10 +14,10 @@ from flask import Flask, current_app
 from flask.cli import AppGroup
 from sqlalchemy.engine import URL
 
-from ._outbox import OUTBOX, outbox_metadata, prune
-from ._passwords import mask_url
-from ._receiver_checks import report_collected
-from ._receiver_errors import receiver_name
+from ._config.passwords import mask_url
+from ._features.outbox import OUTBOX, outbox_metadata, prune
+from ._receivers.checks import report_collected
+from ._receivers.errors import receiver_name
 from ._runtime import FEATURES
 from .signals import CATALOG, namespace
 

@@ -36,8 +36,8 @@ from flask import Flask, Response
 from flask.ctx import AppContext
 from sqlalchemy.engine.interfaces import ExecutionContext
 
-from ._event_signals import report
-from ._session import _current_app_context
+from ._features.bridge import report
+from ._session.session import _current_app_context
 from .signals import slow_query
 
 __all__ = ["QueryRecord"]

@@ -19,9 +19,9 @@ import sqlalchemy as sa
 from flask import Flask
 
 from flask_sessionext import CommittedChange, SessionExt, signals
-from flask_sessionext._outbox import decode, outbox_table, utcnow
-from flask_sessionext._outbox_listener import OutboxListener, listener_of
-from flask_sessionext._settings import BroadcastSettings, read_settings
+from flask_sessionext._config.settings import BroadcastSettings, read_settings
+from flask_sessionext._features.outbox import decode, outbox_table, utcnow
+from flask_sessionext._features.outbox_listener import OutboxListener, listener_of
 from flask_sessionext.signals import before_models_committed, models_committed_anywhere
 
 from models import Base, Item, OtherBase, User

@@ -46,7 +46,7 @@ def test_every_config_key_is_documented() -> None:
     """Each ``SESSIONEXT_*`` key the package reads has a ``.. data::`` entry
     with a default and an example.
     """
-    source = "".join(path.read_text() for path in PACKAGE.glob("*.py"))
+    source = "".join(path.read_text() for path in PACKAGE.rglob("*.py"))
     keys = set(re.findall(r"SESSIONEXT_[A-Z_]*[A-Z]", source))
     config = (DOCS / "config.rst").read_text()
     entry = r"^\.\. data:: (\S+)\n(.*?)(?=^\.\. data::|^\S)"

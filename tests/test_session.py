@@ -11,7 +11,8 @@ from flask import Flask
 from flask.ctx import AppContext
 from sqlalchemy import orm
 
-from flask_sessionext import SessionExt, _session
+from flask_sessionext import SessionExt
+from flask_sessionext._session import session as _session
 
 from helpers import checked_out, count_rows, open_sessions
 from models import Base, Entry, Item, User

@@ -14,7 +14,7 @@ from flask import Config, Flask
 from sqlalchemy.pool import QueuePool
 
 from flask_sessionext import SessionExt, recording
-from flask_sessionext._settings import (
+from flask_sessionext._config.settings import (
     commit_on_teardown,
     raise_receiver_errors,
     read_settings,

@@ -7,7 +7,8 @@ import sqlalchemy as sa
 from flask import Flask
 from flask.ctx import AppContext
 
-from flask_sessionext import SessionExt, _settings
+from flask_sessionext import SessionExt
+from flask_sessionext._config import settings as _settings
 
 from helpers import checked_out, count_rows
 from models import Base, User

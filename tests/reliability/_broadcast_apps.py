@@ -27,8 +27,8 @@ from flask import Flask, jsonify
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from flask_sessionext import CommittedChange, SessionExt
-from flask_sessionext._outbox import outbox_table
-from flask_sessionext._outbox_listener import listener_of
+from flask_sessionext._features.outbox import outbox_table
+from flask_sessionext._features.outbox_listener import listener_of
 from flask_sessionext.signals import models_committed_anywhere
 
 #: The environment variable holding the database URL.

@@ -24,8 +24,8 @@ import sqlalchemy as sa
 from flask import Flask
 
 from flask_sessionext import CommittedChange, SessionExt
-from flask_sessionext._outbox import outbox_table
-from flask_sessionext._outbox_listener import APPLICATION_NAME, listener_of
+from flask_sessionext._features.outbox import outbox_table
+from flask_sessionext._features.outbox_listener import APPLICATION_NAME, listener_of
 from flask_sessionext.signals import models_committed_anywhere
 
 from ._broadcast_apps import DATABASE_ENV, SETTINGS, Base, Note

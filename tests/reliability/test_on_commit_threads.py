@@ -12,7 +12,7 @@ import pytest
 from flask import Flask
 
 from flask_sessionext import SessionExt
-from flask_sessionext._listeners import Listeners
+from flask_sessionext._engines.listeners import Listeners
 
 THREADS = 8
 COMMITS = 5_000

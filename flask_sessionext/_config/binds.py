@@ -18,8 +18,8 @@ from flask import Flask
 from sqlalchemy.engine import URL
 from sqlalchemy.pool import QueuePool
 
-from . import _liveness
-from ._passwords import describe, mask_url, quote
+from .._engines import liveness as _liveness
+from .passwords import describe, mask_url, quote
 
 _ENGINE_KEY = "SESSIONEXT_ENGINE_OPTIONS"
 #: Where an engine option of the constructor was set, as a message starts it.

@@ -23,9 +23,9 @@ import sqlalchemy as sa
 import sqlalchemy.orm as orm
 from flask import Flask
 
-from ._bind_settings import BindSettings, merge_options, read_binds
-from ._passwords import describe, quote
-from ._refused_options import check_session_options
+from .binds import BindSettings, merge_options, read_binds
+from .passwords import describe, quote
+from .refused_options import check_session_options
 
 SynchronizeSession = t.Literal["auto", "evaluate", "fetch", False]
 

@@ -24,16 +24,16 @@ import sqlalchemy as sa
 from flask import Flask
 from sqlalchemy import orm
 
-from ._event_signals import receiver_ref, report, run_async
-from ._listeners import Handler, Listeners
-from ._receiver_errors import (
+from .._engines.listeners import Handler, Listeners
+from .._receivers.errors import (
     collect_receiver_errors,
     receiver_failed,
     receiver_interrupted,
 )
-from ._session import app_context_or_none
-from ._sqlalchemy_private import allow_commit, outside_transaction_block, refuse_commit
-from .signals import before_models_committed, models_committed
+from .._session.session import app_context_or_none
+from .._sqlalchemy_private import allow_commit, outside_transaction_block, refuse_commit
+from ..signals import before_models_committed, models_committed
+from .bridge import receiver_ref, report, run_async
 
 Change = tuple[object, str]
 Callback = tuple[t.Callable[..., t.Any], tuple[t.Any, ...], dict[str, t.Any]]

@@ -24,10 +24,12 @@ import sqlalchemy.exc as sa_exc
 from flask import Flask, appcontext_pushed
 from sqlalchemy import orm
 
-from . import _outbox_listener
-from ._listeners import Listeners
-from ._model_changes import end_level, mark_released
-from ._outbox import (
+from .._config.settings import BroadcastSettings
+from .._engines.listeners import Listeners
+from ..signals import models_committed_anywhere
+from . import outbox_listener as _outbox_listener
+from .changes import end_level, mark_released
+from .outbox import (
     OUTBOX,
     Summary,
     advisory_lock_key,
@@ -39,8 +41,6 @@ from ._outbox import (
     prune,
     utcnow,
 )
-from ._settings import BroadcastSettings
-from .signals import models_committed_anywhere
 
 #: How many publications of a process go between two prunings by it.
 PRUNE_EVERY = 1000

@@ -12,14 +12,14 @@ from flask import Response, after_this_request, has_request_context
 from flask.ctx import AppContext
 from sqlalchemy.util import ScopedRegistry
 
-from ._event_signals import report
-from ._receiver_checks import collected, report_collected
-from ._session import Session, app_ctx_scope
-from ._settings import commit_on_teardown
-from .signals import session_created, session_removed
+from .._config.settings import commit_on_teardown
+from .._features.bridge import report
+from .._receivers.checks import collected, report_collected
+from ..signals import session_created, session_removed
+from .session import Session, app_ctx_scope
 
 if t.TYPE_CHECKING:
-    from ._runtime import Runtime
+    from .._runtime import Runtime
 
 
 def create_session(runtime: Runtime, app_ctx: AppContext, **kwargs: t.Any) -> Session:

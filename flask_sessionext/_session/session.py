@@ -17,11 +17,11 @@ from flask.globals import app_ctx
 from sqlalchemy.sql import visitors
 from werkzeug.local import LocalProxy
 
-from . import _settings
-from ._listeners import Listeners
-from ._receiver_errors import run_operation
-from ._settings import Settings, SynchronizeSession
-from ._sqlalchemy_private import all_registries
+from .._config import settings as _settings
+from .._config.settings import Settings, SynchronizeSession
+from .._engines.listeners import Listeners
+from .._receivers.errors import run_operation
+from .._sqlalchemy_private import all_registries
 
 NO_APP_CONTEXT = (
     "Working outside of an application context: there is no Session to use."

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 import sqlalchemy.exc as sa_exc
 import sqlalchemy.orm as orm
 
-from ._passwords import cause, describe, hide_passwords, is_secret
+from .passwords import cause, describe, hide_passwords, is_secret
 
 #: What SQLAlchemy raises, from deep inside, for an option it cannot use.
 OPTION_ERRORS = (

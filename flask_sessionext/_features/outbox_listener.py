@@ -31,8 +31,12 @@ import sqlalchemy as sa
 from flask import Flask
 from sqlalchemy.pool import NullPool
 
-from ._event_signals import report
-from ._outbox import (
+from .._config.passwords import hide_passwords, mask_url
+from .._config.settings import BroadcastSettings
+from .._sqlalchemy_private import all_registries
+from ..signals import models_committed_anywhere
+from .bridge import report
+from .outbox import (
     OUTBOX,
     CommittedChange,
     Operation,
@@ -42,10 +46,6 @@ from ._outbox import (
     missing_table,
     outbox_table,
 )
-from ._passwords import hide_passwords, mask_url
-from ._settings import BroadcastSettings
-from ._sqlalchemy_private import all_registries
-from .signals import models_committed_anywhere
 
 #: Where the listeners log their connections and errors; receivers' errors
 #: go to their app's logger.

@@ -7,7 +7,7 @@ from types import MappingProxyType
 
 import sqlalchemy as sa
 
-from ._session import bind_key_of, class_bind_keys, unknown_bind
+from .session import bind_key_of, class_bind_keys, unknown_bind
 
 #: The message of every use of the schema when ``metadata=`` was not given.
 NO_METADATA = (

@@ -10,7 +10,7 @@ import typing as t
 from blinker import ANY, NamedSignal
 from flask import Flask
 
-from .signals import namespace
+from ..signals import namespace
 
 #: How alike a method name and a signal name must be to call it a misspelling.
 _TYPO_RATIO = 0.85

@@ -24,13 +24,13 @@ import sqlalchemy as sa
 from blinker import NamedSignal, Signal
 from flask import Flask
 
-from ._listeners import Handler, Listeners
-from ._receiver_errors import (
+from .._engines.listeners import Handler, Listeners
+from .._receivers.errors import (
     receiver_failed,
     receiver_interrupted,
     receiver_name,
 )
-from .signals import CATALOG, BridgedEvent
+from ..signals import CATALOG, BridgedEvent
 
 #: A receiver as a send finds it: a weak reference (or, for an object that
 #: takes none, a strong one behind a lambda) and whether it is a coroutine.

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from blinker import ANY, NamedSignal
 from flask import Flask
 
-from ._receiver_errors import receiver_name
-from .signals import CATALOG, EXTENSION_KWARGS, namespace
+from ..signals import CATALOG, EXTENSION_KWARGS, namespace
+from .errors import receiver_name
 
 _P = inspect.Parameter
 _NAMED = (_P.POSITIONAL_OR_KEYWORD, _P.KEYWORD_ONLY)

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta, timezone
 
 import sqlalchemy as sa
 
-from ._passwords import mask_url
+from .._config.passwords import mask_url
 
 Operation = t.Literal["insert", "update", "delete"]
 

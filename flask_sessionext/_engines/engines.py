@@ -12,12 +12,14 @@ import sqlalchemy as sa
 import sqlalchemy.exc as sa_exc
 from sqlalchemy.engine import URL
 
-from . import _fork_safety, _liveness, _sqlite_transactions
-from ._bind_settings import ENGINE_ARGUMENT, BindSettings
-from ._listeners import Listeners
-from ._passwords import cause, mask_url
-from ._refused_options import MAPPINGS, OPTION_ERRORS, culprit, option_error
-from ._settings import Settings
+from .._config.binds import ENGINE_ARGUMENT, BindSettings
+from .._config.passwords import cause, mask_url
+from .._config.refused_options import MAPPINGS, OPTION_ERRORS, culprit, option_error
+from .._config.settings import Settings
+from . import fork_safety as _fork_safety
+from . import liveness as _liveness
+from . import sqlite_transactions as _sqlite_transactions
+from .listeners import Listeners
 
 #: The names in SQLAlchemy's "Invalid argument(s) 'a','b' sent to create_engine()".
 _INVALID_RE = re.compile(r"Invalid argument\(s\) (.+?) sent to create_engine")

@@ -27,7 +27,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.engine.interfaces import Dialect
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
-from ._listeners import Listeners
+from .listeners import Listeners
 
 #: The key of ``ConnectionPoolEntry.info`` that holds the monotonic time at
 #: which the connection was last checked in; SQLAlchemy clears ``info`` when

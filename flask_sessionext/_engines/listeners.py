@@ -16,7 +16,7 @@ import typing as t
 import sqlalchemy as sa
 from sqlalchemy import event
 
-from ._sqlalchemy_private import clear_event_flags
+from .._sqlalchemy_private import clear_event_flags
 
 Handler = t.Callable[..., t.Any]
 

@@ -23,7 +23,7 @@ from contextvars import ContextVar
 
 from flask import Flask
 
-from ._settings import raise_receiver_errors
+from .._config.settings import raise_receiver_errors
 
 
 class _Operation:
