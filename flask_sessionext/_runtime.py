@@ -32,7 +32,7 @@ from ._engines.listeners import Listeners
 from ._features.bridge import SignalBridge
 from ._features.broadcast import Broadcast
 from ._features.changes import ChangeTracker
-from ._receivers.errors import raise_parked
+from ._receivers.calls import raise_parked
 from ._session.session import OPERATIONS, Session
 from .signals import CATALOG, namespace, slow_query
 

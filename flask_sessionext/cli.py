@@ -16,8 +16,8 @@ from sqlalchemy.engine import URL
 
 from ._config.passwords import mask_url
 from ._features.outbox import OUTBOX, outbox_metadata, prune
+from ._receivers.calls import receiver_name
 from ._receivers.checks import report_collected
-from ._receivers.errors import receiver_name
 from ._runtime import FEATURES
 from .signals import CATALOG, namespace
 

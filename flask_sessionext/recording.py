@@ -36,7 +36,7 @@ from flask import Flask, Response
 from flask.ctx import AppContext
 from sqlalchemy.engine.interfaces import ExecutionContext
 
-from ._features.bridge import report
+from ._receivers.calls import report
 from ._session.session import _current_app_context
 from .signals import slow_query
 

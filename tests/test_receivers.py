@@ -19,7 +19,7 @@ from blinker import NamedSignal
 from flask import Flask
 
 from flask_sessionext import SessionExt, signals
-from flask_sessionext._receivers.errors import receiver_name
+from flask_sessionext._receivers.calls import receiver_name
 from flask_sessionext.signals import CATALOG, EXTENSION_KWARGS
 from flask_sessionext.testing import capture_signal
 

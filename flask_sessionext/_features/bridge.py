@@ -12,48 +12,16 @@ next connect or disconnect, or the next app-context teardown.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import contextvars
-import threading
 import typing as t
 import weakref
-from inspect import iscoroutinefunction, ismethod
 
 import sqlalchemy as sa
-from blinker import NamedSignal, Signal
 from flask import Flask
 
 from .._engines.listeners import Handler, Listeners
-from .._receivers.errors import (
-    receiver_failed,
-    receiver_interrupted,
-    receiver_name,
-)
+from .._receivers.calls import Resolved, resolve, run
 from ..signals import CATALOG, BridgedEvent
-
-#: A receiver as a send finds it: a weak reference (or, for an object that
-#: takes none, a strong one behind a lambda) and whether it is a coroutine.
-_Resolved = tuple[tuple[t.Callable[[], t.Any], bool], ...]
-
-
-def _resolve(signal: Signal, app: Flask) -> _Resolved:
-    """The receivers of ``signal`` for ``app``, referenced weakly: Blinker
-    holds those it was told to hold, and a dead one is skipped.
-    """
-    resolved = []
-    for receiver in signal.receivers_for(app):
-        resolved.append((receiver_ref(receiver), iscoroutinefunction(receiver)))
-    return tuple(resolved)
-
-
-def receiver_ref(receiver: t.Callable[..., t.Any]) -> t.Callable[[], t.Any]:
-    try:
-        if ismethod(receiver):
-            return weakref.WeakMethod(receiver)
-        return weakref.ref(receiver)
-    except TypeError:  # takes no weak reference, so Blinker holds it strongly
-        return lambda: receiver
 
 
 class _Receivers:
@@ -63,7 +31,7 @@ class _Receivers:
 
     __slots__ = ("resolved",)
 
-    def __init__(self, resolved: _Resolved) -> None:
+    def __init__(self, resolved: Resolved) -> None:
         self.resolved = resolved
 
 
@@ -96,7 +64,7 @@ class SignalBridge:
 
     def _refresh(self, entry: BridgedEvent) -> None:
         app = self.app()
-        resolved = _resolve(entry.signal, app) if app is not None else ()
+        resolved = resolve(entry.signal.receivers_for(app)) if app is not None else ()
         if entry.name in self.installed:
             pairs, receivers = self.installed[entry.name]
             receivers.resolved = resolved
@@ -137,7 +105,7 @@ class SignalBridge:
         return [(engine, key) for key, engine in self._engines.items()]
 
 
-def _may_raise(resolved: _Resolved) -> bool:
+def _may_raise(resolved: Resolved) -> bool:
     """Whether one of the ``resolved`` receivers is alive (and so may raise)."""
     return any(ref() is not None for ref, _ in resolved)
 
@@ -175,86 +143,15 @@ def _handler(
         kwargs = dict(zip(names, args))
         if with_bind_key:
             kwargs["bind_key"] = bind_key
-        for ref, is_async in receivers.resolved:
-            receiver = ref()
-            if receiver is None:
-                continue
-            try:
-                if is_async:
-                    run_async(app, receiver, app, **kwargs)
-                else:
-                    receiver(app, **kwargs)
-            except BaseException as e:
-                if propagates:
-                    if on_veto is not None:
-                        # The receiver's exception is the one to raise.
-                        with contextlib.suppress(Exception):
-                            on_veto(*args)
-                    raise
-                if isinstance(e, Exception):
-                    receiver_failed(app, name, receiver, e)
-                else:
-                    # SQLAlchemy finishes what it is doing (returns the
-                    # connection, closes it...) before this is raised again.
-                    receiver_interrupted(app, name, receiver, e)
-                    return
+        if on_veto is None:
+            run(app, name, receivers.resolved, (app,), kwargs, propagate=propagates)
+            return
+        try:
+            run(app, name, receivers.resolved, (app,), kwargs, propagate=propagates)
+        except BaseException:
+            # The receiver's exception is the one to raise.
+            with contextlib.suppress(Exception):
+                on_veto(*args)
+            raise
 
     return send
-
-
-def run_async(
-    app: Flask, func: t.Callable[..., t.Any], *args: t.Any, **kwargs: t.Any
-) -> t.Any:
-    """Call the coroutine function ``func`` to completion, as
-    ``app.ensure_sync(func)(*args, **kwargs)`` does, also from a thread
-    whose event loop is running.
-
-    An ``async def`` view runs on an event loop in the request's thread, and
-    asgiref refuses to start another one there. The commit of such a view
-    runs synchronously on that loop, which waits for it anyway; so ``func``
-    runs in a thread of its own, as asgiref runs it for a sync view, with a
-    copy of the caller's context: the same app context, ``g`` and
-    ``db.session``, used by one thread at a time since the caller waits.
-    """
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return app.ensure_sync(func)(*args, **kwargs)
-    context = contextvars.copy_context()
-    results: list[t.Any] = []
-    errors: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            results.append(context.run(app.ensure_sync(func), *args, **kwargs))
-        except BaseException as e:  # raised again in the caller's thread
-            errors.append(e)
-
-    name = receiver_name(func)
-    thread = threading.Thread(target=target, name=f"sessionext-async {name}")
-    thread.start()
-    thread.join()
-    if errors:
-        raise errors[0]
-    return results[0]
-
-
-def report(signal: NamedSignal, app: Flask, **kwargs: t.Any) -> None:
-    """Send ``signal`` for something that already happened: every receiver
-    runs, and an exception of one is handed to :func:`receiver_failed`; an
-    interrupt (a ``BaseException`` that is no ``Exception``) skips the rest
-    and is handed to :func:`receiver_interrupted`.
-    """
-    if signal.is_muted:
-        return
-    for receiver in signal.receivers_for(app):
-        try:
-            if iscoroutinefunction(receiver):
-                run_async(app, receiver, app, **kwargs)
-            else:
-                receiver(app, **kwargs)
-        except Exception as e:
-            receiver_failed(app, signal.name, receiver, e)
-        except BaseException as e:
-            receiver_interrupted(app, signal.name, receiver, e)
-            return

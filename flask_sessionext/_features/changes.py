@@ -15,25 +15,25 @@ callback waits in one of its sessions.
 
 from __future__ import annotations
 
-import functools
 import typing as t
 import weakref
-from inspect import iscoroutinefunction
 
 import sqlalchemy as sa
 from flask import Flask
 from sqlalchemy import orm
 
 from .._engines.listeners import Handler, Listeners
-from .._receivers.errors import (
+from .._receivers.calls import (
     collect_receiver_errors,
-    receiver_failed,
-    receiver_interrupted,
+    reference,
+    report,
+    run,
+    strong,
+    veto,
 )
 from .._session.session import app_context_or_none
 from .._sqlalchemy_private import allow_commit, outside_transaction_block, refuse_commit
 from ..signals import before_models_committed, models_committed
-from .bridge import receiver_ref, report, run_async
 
 Change = tuple[object, str]
 Callback = tuple[t.Callable[..., t.Any], tuple[t.Any, ...], dict[str, t.Any]]
@@ -209,7 +209,7 @@ class ChangeTracker:
         """
         app = self._app()
         self._receivers = tuple(
-            receiver_ref(receiver)
+            reference(receiver)
             for signal in (before_models_committed, models_committed)
             for receiver in (signal.receivers_for(app) if app is not None else ())
         )
@@ -283,11 +283,7 @@ class ChangeTracker:
         root = session.get_transaction()
         level = _levels(session).get(root) if root is not None else None
         if level is not None and level.changes:
-            before_models_committed.send(
-                app,
-                _async_wrapper=functools.partial(functools.partial, run_async, app),
-                changes=list(level.changes.values()),
-            )
+            veto(before_models_committed, app, changes=list(level.changes.values()))
 
     def _after_commit(self, session: orm.Session) -> None:
         levels = _levels(session)
@@ -348,15 +344,9 @@ class ChangeTracker:
             ctx.push()
         try:
             for func, args, kwargs in callbacks:
-                try:
-                    if iscoroutinefunction(func):
-                        run_async(app, func, *args, **kwargs)
-                    else:
-                        func(*args, **kwargs)
-                except Exception as e:
-                    receiver_failed(app, "on_commit", func, e)
-                except BaseException as e:
-                    receiver_interrupted(app, "on_commit", func, e)
+                if not run(
+                    app, "on_commit", strong((func,)), args, kwargs, propagate=False
+                ):
                     return
         finally:
             if ctx is not None:

@@ -25,7 +25,7 @@ from blinker import ANY, NamedSignal
 from flask import Flask
 
 from ..signals import CATALOG, EXTENSION_KWARGS, namespace
-from .errors import receiver_name
+from .calls import receiver_name
 
 _P = inspect.Parameter
 _NAMED = (_P.POSITIONAL_OR_KEYWORD, _P.KEYWORD_ONLY)

@@ -13,7 +13,7 @@ from flask.ctx import AppContext
 from sqlalchemy.util import ScopedRegistry
 
 from .._config.settings import commit_on_teardown
-from .._features.bridge import report
+from .._receivers.calls import report
 from .._receivers.checks import collected, report_collected
 from ..signals import session_created, session_removed
 from .session import Session, app_ctx_scope

@@ -20,7 +20,7 @@ from werkzeug.local import LocalProxy
 from .._config import settings as _settings
 from .._config.settings import Settings, SynchronizeSession
 from .._engines.listeners import Listeners
-from .._receivers.errors import run_operation
+from .._receivers.calls import run_operation
 from .._sqlalchemy_private import all_registries
 
 NO_APP_CONTEXT = (

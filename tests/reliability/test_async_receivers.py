@@ -133,3 +133,100 @@ def test_failing_async_receiver_is_named_in_the_log(
     ]
     with app.app_context():
         assert db.session.scalars(sa.select(User.name)).all() == ["ada"]
+
+
+class _AsyncCallable:
+    """A receiver object whose ``__call__`` is ``async def``."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.calls: list[tuple[Flask, bool]] = []
+        self.fail = fail
+
+    async def __call__(self, sender: Flask, **kwargs: t.Any) -> None:
+        here: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+        self.calls.append((sender, here is sender))
+        if self.fail:
+            raise LookupError("async __call__ failed")
+
+
+@pytest.mark.parametrize("view", ["async", "sync"])
+def test_async_call_objects_run(app: Flask, db: SessionExt, view: str) -> None:
+    """An object whose ``__call__`` is ``async def``, connected to a bridged
+    signal, a change signal, or given to ``on_commit``, runs once per commit
+    of an ``async def`` (or plain) view, with the app as sender and in its
+    app context, instead of being dropped unawaited.
+    """
+    after_commit = _AsyncCallable()
+    committed = _AsyncCallable()
+    callback = _AsyncCallable()
+
+    def add_user(name: str) -> str:
+        db.session.add(User(name=name))
+        db.on_commit(callback, current_app._get_current_object())  # type: ignore[attr-defined]
+        db.session.commit()
+        return "added"
+
+    @app.post("/async/<name>")
+    async def add_async(name: str) -> str:
+        return add_user(name)
+
+    @app.post("/sync/<name>")
+    def add_sync(name: str) -> str:
+        return add_user(name)
+
+    with (
+        signals.after_commit.connected_to(after_commit, app),
+        signals.models_committed.connected_to(committed, app),
+    ):
+        response = app.test_client().post(f"/{view}/ada")
+    assert response.status_code == 200
+    assert after_commit.calls == [(app, True)]
+    assert committed.calls == [(app, True)]
+    assert callback.calls == [(app, True)]
+
+
+@pytest.mark.parametrize("view", ["async", "sync"])
+def test_async_call_object_error_is_raised(
+    app: Flask, db: SessionExt, view: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The exception of an async ``__call__`` receiver of a signal that
+    reports is logged and, with ``SESSIONEXT_RAISE_RECEIVER_ERRORS``, raised
+    after the commit, in a sync and in an async view.
+    """
+    failing = _AsyncCallable(fail=True)
+
+    def add_user(name: str) -> str:
+        db.session.add(User(name=name))
+        with pytest.raises(LookupError, match="async __call__ failed"):
+            db.session.commit()
+        return "raised"
+
+    @app.post("/async/<name>")
+    async def add_async(name: str) -> str:
+        return add_user(name)
+
+    @app.post("/sync/<name>")
+    def add_sync(name: str) -> str:
+        return add_user(name)
+
+    with (
+        caplog.at_level(logging.ERROR),
+        signals.models_committed.connected_to(failing, app),
+    ):
+        response = app.test_client().post(f"/{view}/ada")
+    assert response.text == "raised"
+    assert failing.calls == [(app, True)]
+    assert "_AsyncCallable" in caplog.text
+
+
+def test_async_call_object_vetoes(app: Flask, db: SessionExt) -> None:
+    """An async ``__call__`` receiver of a signal that propagates vetoes the
+    action by raising, as an ``async def`` function does.
+    """
+    failing = _AsyncCallable(fail=True)
+    with app.app_context(), signals.before_flush.connected_to(failing, app):
+        db.session.add(User(name="ada"))
+        with pytest.raises(LookupError, match="async __call__ failed"):
+            db.session.flush()
+        db.session.rollback()
+    assert failing.calls == [(app, True)]
