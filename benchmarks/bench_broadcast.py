@@ -179,8 +179,10 @@ def _publisher(
         received.extend((change.primary_key[0], now) for change in changes)
 
     models_committed_anywhere.connect(on_change, sender=app)
-    broadcast = app.extensions["sessionext"].broadcast
+    from flask_sessionext._features.broadcast import Broadcast
     from flask_sessionext._features.outbox_listener import listener_of
+
+    broadcast = app.extensions["sessionext"].feature(Broadcast)
 
     listener = listener_of(broadcast.engine, broadcast.settings)
     assert listener is not None

@@ -144,7 +144,7 @@ def listener_times(rounds: int) -> tuple[float, float]:
     """
     from flask_sqlalchemy import track_modifications
 
-    from flask_sessionext._features.changes import ChangeTracker
+    from flask_sessionext._features.changes import ModelChanges
 
     ours_total, theirs_total = [0.0], [0.0]
     ours_events = [
@@ -161,7 +161,7 @@ def listener_times(rounds: int) -> tuple[float, float]:
         "_after_rollback",
     ]
     with (
-        _timed(ChangeTracker, ours_events, ours_total),
+        _timed(ModelChanges, ours_events, ours_total),
         _timed(track_modifications, theirs_events, theirs_total),
     ):
         # Built inside the block, so that the listeners are the timed ones.

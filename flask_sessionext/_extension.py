@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import typing as t
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
@@ -13,11 +12,11 @@ import sqlalchemy.exc as sa_exc
 import sqlalchemy.orm as orm
 from flask import Flask, abort
 
-from . import recording
 from ._config.settings import read_settings
 from ._engines.engines import create_engines, prepare_engines
 from ._engines.listeners import Listeners
 from ._features.outbox import outbox_metadata
+from ._features.recording import dropped, recorded
 from ._receivers.listener_objects import Registration, connect_methods
 from ._runtime import Runtime
 from ._session import tables as _tables
@@ -25,6 +24,7 @@ from ._session.lifecycle import create_session, remove_session
 from ._session.session import Session, app_ctx_scope, engine_for_key, make_sessionmaker
 from ._sqlalchemy_private import in_transaction_block
 from .cli import cli
+from .recording import QueryRecord
 
 _O = t.TypeVar("_O")
 
@@ -121,12 +121,9 @@ class SessionExt:
         _tables.check_bind_keys(self._metadata, settings.binds)
         listeners = Listeners()
         engines = create_engines(settings)
-        prepare_engines(engines, settings, listeners)
-        maker = make_sessionmaker(settings, engines, listeners)
-        recorder = recording.Recorder(**dataclasses.asdict(settings.recording))
-        runtime = Runtime(
-            app, self, engines, maker, listeners, recorder, settings.broadcast
-        )
+        prepare_engines(engines)
+        maker = make_sessionmaker(settings, engines)
+        runtime = Runtime(app, self, settings, engines, maker, listeners)
         app.extensions["sessionext"] = runtime
         # What SQLAlchemy holds of the app goes with it: its listeners (see
         # Listeners.remove_all) and its pools' connections.
@@ -260,7 +257,7 @@ class SessionExt:
         """
         _tables.drop_all(self.metadatas, self._engines())
 
-    def get_recorded_queries(self) -> list[recording.QueryRecord]:
+    def get_recorded_queries(self) -> list[QueryRecord]:
         """The queries the current app context ran, oldest first, on every
         bind and through any session or connection of the app; ``[]`` when
         ``SESSIONEXT_RECORD_QUERIES`` is off. Only the newest
@@ -269,7 +266,7 @@ class SessionExt:
         :raise RuntimeError: no application context is pushed.
         """
         self._current_state()
-        return recording.recorded(app_ctx_scope())
+        return recorded(app_ctx_scope())
 
     @property
     def dropped_query_count(self) -> int:
@@ -279,7 +276,7 @@ class SessionExt:
         :raise RuntimeError: no application context is pushed.
         """
         self._current_state()
-        return recording.dropped(app_ctx_scope())
+        return dropped(app_ctx_scope())
 
     def register(self, listener: object, *, app: Flask | None = None) -> Registration:
         """Connect every public method of ``listener`` whose name is a signal
@@ -327,7 +324,7 @@ class SessionExt:
         :raise RuntimeError: no application context is pushed.
         """
         state = self._current_state()
-        state.changes.on_commit(self.session(), (func, args, kwargs))
+        state.on_commit(self.session(), (func, args, kwargs))
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:

@@ -1,19 +1,18 @@
 """What the extension keeps for one app: its runtime.
 
 :meth:`SessionExt.init_app` builds one :class:`Runtime` per app and keeps it
-in ``app.extensions["sessionext"]``; nothing of an app is kept anywhere else.
-The runtime owns the app's SQLAlchemy listeners (:class:`~._listeners.Listeners`)
-and the features that need them, and subscribes once, weakly, to receiver
-changes of every signal: on each connect or disconnect it brings each
-feature's listeners in line with the receivers (:meth:`Runtime.refresh`), and
-says which session operations must raise receiver errors once complete
-(``Session._sessionext_deferring``). :data:`FEATURES` is the table of what
-each feature sends, needs and defers.
+in ``app.extensions["sessionext"]``. The runtime owns the app's SQLAlchemy
+listeners (:class:`~._engines.listeners.Listeners`) and one object of each
+feature of :data:`FEATURES` that the app's settings want, and loops over
+them, knowing none by name. It subscribes once, weakly, to receiver changes
+of every signal: on each connect or disconnect for its app (or for every
+sender) it brings each feature in line with the receivers (:meth:`refresh`),
+and says which session operations must raise receiver errors once complete
+(``Session._sessionext_deferring``).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 import typing as t
 import weakref
@@ -23,95 +22,41 @@ from types import MappingProxyType
 
 import sqlalchemy as sa
 import sqlalchemy.orm as orm
+from blinker import ANY
 from flask import Flask
 from flask.ctx import AppContext
 
-from . import recording
-from ._config.settings import BroadcastSettings
+from ._config.settings import Settings
 from ._engines.listeners import Listeners
+from ._engines.liveness import Liveness
+from ._engines.sqlite_transactions import SqliteTransactions
+from ._features.base import EVERY_OPERATION, Feature
 from ._features.bridge import SignalBridge
 from ._features.broadcast import Broadcast
-from ._features.changes import ChangeTracker
+from ._features.changes import ModelChanges, OnCommit
+from ._features.recording import Recorder
+from ._features.synchronize import SynchronizeSession
 from ._receivers.calls import raise_parked
 from ._session.session import OPERATIONS, Session
-from .signals import CATALOG, namespace, slow_query
+from .signals import namespace
 
 if t.TYPE_CHECKING:
     from ._extension import SessionExt
 
+#: The features of the extension, in the order of their handlers of one
+#: event (see :class:`~._features.base.Feature`). One line per feature.
+FEATURES: tuple[type[Feature], ...] = (
+    SqliteTransactions,
+    Liveness,
+    SynchronizeSession,
+    SignalBridge,
+    ModelChanges,
+    OnCommit,
+    Recorder,
+    Broadcast,
+)
 
-@dataclasses.dataclass(frozen=True)
-class Feature:
-    """One row of :data:`FEATURES`."""
-
-    #: What the feature is, for people.
-    name: str
-    #: The signals it sends; it is on while one of them has a receiver for
-    #: the app (or, for the features with none, while its setting is on).
-    sends: tuple[str, ...]
-    #: The SQLAlchemy events it listens to while it is on.
-    listens: tuple[str, ...]
-    #: Whether its sends wait until the commit is complete (the end of the
-    #: outermost transaction), whichever way the session commits.
-    deferred: bool
-    #: The session operations after which a receiver's error, raised during
-    #: them, is raised (with ``SESSIONEXT_RAISE_RECEIVER_ERRORS``) while the
-    #: feature has a receiver that may raise.
-    raises_after: frozenset[str]
-
-
-#: The features of the extension, and what each costs while it is on.
-FEATURES: dict[str, Feature] = {
-    feature.name: feature
-    for feature in (
-        Feature(
-            "bridged signals",
-            sends=tuple(CATALOG),
-            listens=tuple(CATALOG),  # each signal's own event, while it has receivers
-            deferred=False,
-            raises_after=OPERATIONS,
-        ),
-        Feature(
-            "model changes",
-            sends=("before_models_committed", "models_committed"),
-            listens=(
-                "after_begin",
-                "after_flush",
-                "before_commit",
-                "after_commit",
-                "after_transaction_end",
-            ),
-            deferred=True,
-            raises_after=frozenset({"commit"}),
-        ),
-        Feature(
-            "on_commit callbacks",
-            sends=(),
-            listens=("after_begin", "after_commit", "after_transaction_end"),
-            deferred=True,
-            raises_after=frozenset({"commit"}),
-        ),
-        Feature(
-            "broadcast",
-            # On while SESSIONEXT_BROADCAST is: the other processes need the
-            # publications; the listener thread runs while the signal has a
-            # receiver for the app.
-            sends=("models_committed_anywhere",),
-            listens=Broadcast.EVENTS,
-            # Sent after the commit, in every process, on its listener thread.
-            deferred=True,
-            raises_after=frozenset(),
-        ),
-        Feature(
-            "query recording",
-            sends=("slow_query",),
-            # It times the dialect's driver calls, with no event (see recording).
-            listens=(),
-            deferred=False,
-            raises_after=OPERATIONS,
-        ),
-    )
-}
+_F = t.TypeVar("_F", bound=Feature)
 
 
 class Runtime:
@@ -126,34 +71,22 @@ class Runtime:
         self,
         app: Flask,
         extension: SessionExt,
+        settings: Settings,
         engines: Mapping[str | None, sa.Engine],
         sessionmaker: orm.sessionmaker[Session],
         listeners: Listeners,
-        recorder: recording.Recorder,
-        broadcast: BroadcastSettings | None = None,
     ) -> None:
         self.app = weakref.ref(app)
         self.extension = extension
+        self.settings = settings
         #: The app's engines by bind key, a read-only mapping.
-        self.engines = MappingProxyType(dict(engines))
+        self.engines: Mapping[str | None, sa.Engine] = MappingProxyType(dict(engines))
         self.sessionmaker = sessionmaker
-        self.session_class = sessionmaker.class_
+        self.session_class: type[Session] = sessionmaker.class_
         self.listeners = listeners
-        self.recorder = recorder
-        self.bridge = SignalBridge(self.app, self.session_class, engines, listeners)
-        self.changes = ChangeTracker(
-            self.app,
-            self.session_class,
-            listeners,
-            signal_events=FEATURES["model changes"].listens,
-            callback_events=FEATURES["on_commit callbacks"].listens,
-            callbacks_started=self.refresh,
-        )
-        #: ``SESSIONEXT_BROADCAST``, while it is on.
-        self.broadcast = (
-            None
-            if broadcast is None
-            else Broadcast(self.app, self.session_class, listeners, engines, broadcast)
+        #: The app's features, in the order of :data:`FEATURES`.
+        self.features: tuple[Feature, ...] = tuple(
+            cls(self, rank) for rank, cls in enumerate(FEATURES) if cls.wanted(settings)
         )
         #: While :meth:`join_transactions` runs: what :attr:`SessionExt.engines`
         #: returns instead of :attr:`engines`.
@@ -167,13 +100,25 @@ class Runtime:
         #: Whether a listener of a receiver's is installed, whose receiver
         #: may be garbage-collected unseen (see :meth:`collect`).
         self._watching = False
+        #: How many times :meth:`refresh` ran, for tests of its cost.
+        self.refreshes = 0
         # Re-entrant: a receiver connected by code that a refresh runs (a
         # listener firing during an install) refreshes again, on this thread.
         self._lock = threading.RLock()
 
+    def feature(self, cls: type[_F]) -> _F:
+        """The app's feature of class ``cls``.
+
+        :raise LookupError: the app's settings do not want it.
+        """
+        for feature in self.features:
+            if isinstance(feature, cls):
+                return feature
+        raise LookupError(f"The app has no feature {cls.name!r}.")
+
     def start(self, app: Flask) -> None:
-        """Subscribe to receiver changes, turn on query recording as the
-        settings say, and install what the receivers already connected need.
+        """Subscribe to receiver changes, start each feature as the settings
+        say, and install what the receivers already connected need.
         """
         if raise_parked not in app.teardown_appcontext_funcs:
             # First in the list, so Flask runs it last, once the session of the
@@ -184,13 +129,16 @@ class Runtime:
             # runtime are gone.
             signal.receiver_connected.connect(self._receivers_changed)
             signal.receiver_disconnected.connect(self._receivers_changed)
-        self.recorder.install(app)
-        if self.broadcast is not None:
-            self.broadcast.start(app)
+        for feature in self.features:
+            feature.start(app)
         self.refresh()
 
-    def _receivers_changed(self, signal: object, **kwargs: object) -> None:
-        self.refresh()
+    def _receivers_changed(
+        self, signal: object, *, sender: object = ANY, **kwargs: object
+    ) -> None:
+        # Only a receiver for this app, or for every sender, concerns it.
+        if sender is ANY or sender is self.app():
+            self.refresh()
 
     def refresh(self) -> None:
         """Bring every feature's listeners in line with the receivers, and
@@ -198,33 +146,27 @@ class Runtime:
 
         Also sweeps the listeners of receivers that were garbage-collected
         (Blinker says nothing of those), so it runs at every connect and
-        disconnect of any signal, and (see :meth:`collect`) at teardown.
+        disconnect of a receiver for the app, and (see :meth:`collect`) at
+        teardown.
         """
+        app = self.app()
+        if app is None:
+            return
         with self._lock:
-            self.bridge.refresh()
-            self.changes.refresh()
-            if self.broadcast is not None:
-                self.broadcast.refresh()
+            self.refreshes += 1
+            for feature in self.features:
+                feature.refresh(app)
             self.listeners.flush_pending()
             raises_after: frozenset[str] = frozenset()
-            if self.bridge.may_raise():
-                raises_after |= FEATURES["bridged signals"].raises_after
-            if self.changes.installed:
-                raises_after |= FEATURES["model changes"].raises_after
-            if self._slow_query_receivers():
-                raises_after |= FEATURES["query recording"].raises_after
+            for feature in self.features:
+                if feature.may_raise():
+                    raises_after |= feature.raises_after
+            if raises_after >= EVERY_OPERATION:
+                raises_after = OPERATIONS
             # Whether a receiver may die unseen: checked at each teardown.
-            self._watching = bool(self.bridge.installed or self.changes.installed)
+            self._watching = any(feature.has_receivers() for feature in self.features)
             if self.session_class._sessionext_deferring != raises_after:
                 self.session_class._sessionext_deferring = raises_after
-
-    def _slow_query_receivers(self) -> bool:
-        app = self.app()
-        return (
-            app is not None
-            and self.recorder.threshold is not None
-            and next(slow_query.receivers_for(app), None) is not None
-        )
 
     def collect(self) -> None:
         """At an app-context teardown, a safe point: remove the listeners of
@@ -233,9 +175,15 @@ class Runtime:
         """
         if self.listeners.pending or (
             self._watching
-            and (self.bridge.has_dead_receivers() or self.changes.has_dead_receivers())
+            and any(feature.has_dead_receivers() for feature in self.features)
         ):
             self.refresh()
+
+    def on_commit(self, session: orm.Session, callback: t.Any) -> None:
+        """Run ``callback``, ``(func, args, kwargs)``, after the outermost
+        commit of ``session``.
+        """
+        self.feature(OnCommit).on_commit(session, callback)
 
     def check_not_joined(self) -> None:
         """Refuse a second :meth:`join_transactions` block.

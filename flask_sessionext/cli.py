@@ -18,7 +18,6 @@ from ._config.passwords import mask_url
 from ._features.outbox import OUTBOX, outbox_metadata, prune
 from ._receivers.calls import receiver_name
 from ._receivers.checks import report_collected
-from ._runtime import FEATURES
 from .signals import CATALOG, namespace
 
 #: What ``check`` runs: SQLAlchemy renders it for every dialect.
@@ -27,50 +26,6 @@ _TRIVIAL = sa.select(sa.literal(1))
 _PASSWORD_RE = re.compile(r"(password\s*=\s*)('[^']*'|\S+)", re.IGNORECASE)
 
 cli = AppGroup("sessionext", help="Flask-SessionExt: signals and databases.")
-
-
-def catalog_rst() -> str:
-    """The signal catalog as a reStructuredText table, as the documentation's
-    signals page shows it.
-    """
-    rows = [("signal", "SQLAlchemy event", "keyword arguments", "propagates")]
-    for entry in CATALOG.values():
-        kwargs = ", ".join(entry.kwargs)
-        propagates = "yes" if entry.propagates else "no"
-        rows.append((f"``{entry.name}``", f"``{entry.qualname}``", kwargs, propagates))
-    return _rst_table(rows)
-
-
-def features_rst() -> str:
-    """The features table of ``_runtime.FEATURES`` as a reStructuredText
-    table, as the documentation's performance page shows it.
-    """
-    rows = [("feature", "sends", "listens to, while on", "sends when")]
-    for feature in FEATURES.values():
-        sends = (
-            "every bridged signal"
-            if feature.name == "bridged signals"
-            else (", ".join(f"``{name}``" for name in feature.sends) or "(callbacks)")
-        )
-        listens = (
-            "the event of each signal that has receivers"
-            if feature.name == "bridged signals"
-            else ", ".join(f"``{name}``" for name in feature.listens) or "nothing"
-        )
-        when = "at the commit, however made" if feature.deferred else "at the event"
-        rows.append((feature.name, sends, listens, when))
-    return _rst_table(rows)
-
-
-def _rst_table(rows: t.Sequence[t.Sequence[str]]) -> str:
-    """``rows`` as a simple reStructuredText table, the first row its head."""
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    rule = " ".join("=" * width for width in widths)
-    lines = [
-        " ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
-        for row in rows
-    ]
-    return "\n".join([rule, lines[0], rule, *lines[1:], rule])
 
 
 @cli.command("signals")
@@ -222,14 +177,14 @@ def _outbox_engine(app: Flask) -> tuple[sa.Engine, str, float]:
     """The engine of the outbox bind, the channel and the ``keep`` setting,
     or a one-line usage error when ``SESSIONEXT_BROADCAST`` is off.
     """
-    broadcast = app.extensions["sessionext"].broadcast
-    if broadcast is None:
+    runtime = app.extensions["sessionext"]
+    settings = runtime.settings.broadcast
+    if settings is None:
         raise click.ClickException(
             "'SESSIONEXT_BROADCAST' is off for this app; set it to True (or a"
             " dict of settings) to use the outbox."
         )
-    settings = broadcast.settings
-    return broadcast.engine, settings.channel, settings.keep
+    return runtime.engines[settings.bind], settings.channel, settings.keep
 
 
 @cli.command("create-outbox")

@@ -20,6 +20,7 @@ from flask import Flask
 
 from flask_sessionext import CommittedChange, SessionExt, signals
 from flask_sessionext._config.settings import BroadcastSettings, read_settings
+from flask_sessionext._features.broadcast import Broadcast
 from flask_sessionext._features.outbox import decode, outbox_table, utcnow
 from flask_sessionext._features.outbox_listener import OutboxListener, listener_of
 from flask_sessionext.signals import before_models_committed, models_committed_anywhere
@@ -64,7 +65,7 @@ def broadcast_app(app: Flask) -> Iterator[tuple[Flask, SessionExt]]:
 
 def the_listener(app: Flask) -> OutboxListener:
     """The running listener of ``app``'s outbox, once it is up to date."""
-    broadcast = app.extensions["sessionext"].broadcast
+    broadcast = app.extensions["sessionext"].feature(Broadcast)
     listener = listener_of(broadcast.engine, broadcast.settings)
     assert listener is not None
     assert listener.connected.wait(10), "the listener did not connect"
@@ -116,7 +117,8 @@ def test_off_by_default(tmp_path: Path) -> None:
     assert broadcast_settings(tmp_path, False) is None
     app = make_app(tmp_path, SESSIONEXT_DATABASE_URI="sqlite://")
     SessionExt(app)
-    assert app.extensions["sessionext"].broadcast is None
+    with pytest.raises(LookupError, match="no feature 'broadcast'"):
+        app.extensions["sessionext"].feature(Broadcast)
 
 
 def test_true_takes_the_defaults(tmp_path: Path) -> None:
@@ -243,7 +245,7 @@ def test_no_listener_while_nobody_receives(tmp_path: Path) -> None:
     runtime_off = off.extensions["sessionext"]
     assert runtime_on.listeners.count(runtime_on.session_class) == 4
     assert runtime_off.listeners.count(runtime_off.session_class) == 0
-    broadcast = runtime_on.broadcast
+    broadcast = runtime_on.feature(Broadcast)
     assert listener_of(broadcast.engine, broadcast.settings) is None
     assert not [
         thread

@@ -19,6 +19,7 @@ from blinker import NamedSignal
 from flask import Flask
 
 from flask_sessionext import SessionExt, signals
+from flask_sessionext._features.bridge import SignalBridge
 from flask_sessionext._receivers.calls import receiver_name
 from flask_sessionext.signals import CATALOG, EXTENSION_KWARGS
 from flask_sessionext.testing import capture_signal
@@ -108,7 +109,10 @@ def test_wrong_name_refused(sqlite_app: Flask) -> None:
     ):
         signals.before_flush.connect(log_flush, sender=sqlite_app, weak=False)
     assert id(log_flush) not in signals.before_flush.receivers
-    assert "before_flush" not in sqlite_app.extensions["sessionext"].bridge.installed
+    assert (
+        "before_flush"
+        not in sqlite_app.extensions["sessionext"].feature(SignalBridge).installed
+    )
 
 
 def test_missing_kwarg_refused() -> None:

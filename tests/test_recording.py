@@ -21,7 +21,10 @@ from flask import Flask, Response, stream_with_context
 from flask.ctx import AppContext
 
 from flask_sessionext import QueryRecord, SessionExt, signals
-from flask_sessionext.recording import CONTEXT_PARAMETER_BYTES, PARAMETER_LENGTH
+from flask_sessionext._features.recording import (
+    CONTEXT_PARAMETER_BYTES,
+    PARAMETER_LENGTH,
+)
 from flask_sessionext.testing import capture_signal, rollback
 
 from _postgres import APP_PASSWORD, PostgresServer

@@ -10,7 +10,8 @@ import weakref
 from flask import Flask
 
 from flask_sessionext import SessionExt, signals
-from flask_sessionext._runtime import FEATURES, Runtime
+from flask_sessionext._features.changes import ModelChanges
+from flask_sessionext._runtime import Runtime
 
 
 def _changes(sender: Flask, changes: object) -> None:
@@ -36,7 +37,7 @@ def test_change_listeners_follow_the_features_table(app: Flask, db: SessionExt) 
     """
     runtime = app.extensions["sessionext"]
     session_class = runtime.session_class
-    listens = FEATURES["model changes"].listens
+    listens = ModelChanges.listens
     with app.app_context():
         dispatch = db.session().dispatch
     assert runtime.listeners.count(session_class) == 0

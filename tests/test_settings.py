@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import typing as t
 from pathlib import Path
 
@@ -13,12 +12,13 @@ import sqlalchemy.orm as orm
 from flask import Config, Flask
 from sqlalchemy.pool import QueuePool
 
-from flask_sessionext import SessionExt, recording
+from flask_sessionext import SessionExt
 from flask_sessionext._config.settings import (
     commit_on_teardown,
     raise_receiver_errors,
     read_settings,
 )
+from flask_sessionext._features.recording import Recorder
 from flask_sessionext.signals import after_commit
 
 from models import Base, User
@@ -192,16 +192,19 @@ def test_session_class_read_apart(tmp_path: Path) -> None:
         assert isinstance(db.session(), _MySession)
 
 
-def test_recording_settings_are_the_recorder_arguments(tmp_path: Path) -> None:
-    """The recording settings are exactly the keyword arguments of the
-    Recorder, read with their defaults.
+def test_recording_settings_are_the_recorder_attributes(tmp_path: Path) -> None:
+    """The recording settings, read with their defaults, are what the app's
+    Recorder feature works with.
     """
     app = make_app(tmp_path, SESSIONEXT_SLOW_QUERY_THRESHOLD=1)
     app.testing = True
     settings = read_settings(app, engine_options={}, session_options={})
-    fields = [field.name for field in dataclasses.fields(settings.recording)]
-    parameters = inspect.signature(recording.Recorder.__init__).parameters
-    assert fields == [name for name in parameters if name != "self"]
+    SessionExt(app)
+    recorder = app.extensions["sessionext"].feature(Recorder)
+    for field in dataclasses.fields(settings.recording):
+        if field.name != "root_path":
+            value = getattr(settings.recording, field.name)
+            assert getattr(recorder, field.name) == value, field.name
     assert settings.recording == type(settings.recording)(
         record=True,
         limit=1000,

@@ -1,11 +1,11 @@
 """Directives that put generated content in the documentation at build time.
 
 ``.. sessionext-catalog::``
-    The signal catalog table, made by ``flask_sessionext.cli.catalog_rst()``
+    The signal catalog table, made by :func:`catalog_rst`
     from ``flask_sessionext.signals.CATALOG``.
 ``.. sessionext-features::``
     The table of what each feature sends and listens to, made by
-    ``flask_sessionext.cli.features_rst()`` from the runtime's ``FEATURES``.
+    :func:`features_rst` from the feature classes of the runtime's ``FEATURES``.
 ``.. sessionext-signals::``
     A ``.. data::`` entry for each signal of ``flask_sessionext.signals``,
     with the docstring the catalog generates.
@@ -30,8 +30,8 @@ from sphinx import addnodes
 from sphinx.application import Sphinx
 from sphinx.util.docutils import SphinxDirective
 
-from flask_sessionext.cli import catalog_rst, features_rst
-from flask_sessionext.signals import namespace
+from flask_sessionext._runtime import FEATURES
+from flask_sessionext.signals import CATALOG, namespace
 
 RESULTS = Path(__file__).parents[2] / "benchmarks" / "results" / "results.md"
 _SPECIAL = re.compile(r"([\\*`_|])")
@@ -64,6 +64,52 @@ _EVENT_MODULES = {
     "PoolEvents": "sqlalchemy.events",
     "DialectEvents": "sqlalchemy.events",
 }
+
+
+def catalog_rst() -> str:
+    """The signal catalog as a reStructuredText table, as the documentation's
+    signals page shows it.
+    """
+    rows = [("signal", "SQLAlchemy event", "keyword arguments", "propagates")]
+    for entry in CATALOG.values():
+        kwargs = ", ".join(entry.kwargs)
+        propagates = "yes" if entry.propagates else "no"
+        rows.append((f"``{entry.name}``", f"``{entry.qualname}``", kwargs, propagates))
+    return _rst_table(rows)
+
+
+def features_rst() -> str:
+    """The features table, from the feature classes of ``_runtime.FEATURES``,
+    as a reStructuredText table, as the documentation's performance page
+    shows it.
+    """
+    rows = [("feature", "sends", "listens to, while on", "sends when")]
+    for feature in FEATURES:
+        bridge = feature.sends == tuple(CATALOG)
+        sends = (
+            "every bridged signal"
+            if bridge
+            else (", ".join(f"``{name}``" for name in feature.sends) or "nothing")
+        )
+        listens = (
+            "the event of each signal that has receivers"
+            if bridge
+            else ", ".join(f"``{name}``" for name in feature.listens) or "no event"
+        )
+        when = "at the commit, however made" if feature.deferred else "at the event"
+        rows.append((feature.name, sends, listens, when))
+    return _rst_table(rows)
+
+
+def _rst_table(rows: t.Sequence[t.Sequence[str]]) -> str:
+    """``rows`` as a simple reStructuredText table, the first row its head."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    rule = " ".join("=" * width for width in widths)
+    lines = [
+        " ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
+        for row in rows
+    ]
+    return "\n".join([rule, lines[0], rule, *lines[1:], rule])
 
 
 class FeaturesDirective(_GeneratedDirective):

@@ -18,7 +18,6 @@ from flask import Flask
 from sqlalchemy.engine import URL
 from sqlalchemy.pool import QueuePool
 
-from .._engines import liveness as _liveness
 from .passwords import describe, mask_url, quote
 
 _ENGINE_KEY = "SESSIONEXT_ENGINE_OPTIONS"
@@ -45,7 +44,7 @@ class BindSettings:
     #: ``"'SESSIONEXT_ECHO'"`` or ``"The 'engine_options' of SessionExt()"``
     #: (the extension's own defaults too).
     origins: Mapping[str, str]
-    #: Whether the check of :mod:`._liveness` replaces ``pool_pre_ping``.
+    #: Whether the check of :mod:`.._engines.liveness` replaces ``pool_pre_ping``.
     liveness: bool
 
 
@@ -179,7 +178,7 @@ def _bind(app: Flask, raw: _RawBind, ping_after_idle: float) -> BindSettings:
     SQLite paths resolve against ``app.instance_path`` (created if missing);
     in-memory SQLite has one connection, which threads take in turn, one
     transaction at a time; server databases get ``pool_pre_ping`` unless the
-    options say otherwise, or the check of :mod:`._liveness` replaces it.
+    options say otherwise, or the check of :mod:`.._engines.liveness` replaces it.
 
     :raise ValueError: the URL cannot be parsed.
     """
@@ -194,7 +193,7 @@ def _bind(app: Flask, raw: _RawBind, ping_after_idle: float) -> BindSettings:
             " for example 'sqlite:///app.sqlite3' or"
             " 'postgresql+psycopg://user:password@127.0.0.1/app'."
         ) from None
-    liveness = _liveness.replaces_pre_ping(url, options, ping_after_idle)
+    liveness = replaces_pre_ping(url, options, ping_after_idle)
     if url.get_backend_name() == "sqlite":
         url = _sqlite_defaults(app, url, options)
     elif not liveness:
@@ -233,3 +232,25 @@ def _sqlite_defaults(app: Flask, url: URL, options: dict[str, t.Any]) -> URL:
         os.makedirs(app.instance_path, exist_ok=True)
         url = url.set(database=os.path.join(app.instance_path, database))
     return url
+
+
+def replaces_pre_ping(
+    url: URL, options: Mapping[str, t.Any], after_idle: float
+) -> bool:
+    """Whether an engine of ``url`` and engine ``options`` gets the check of
+    this module instead of ``pool_pre_ping``: its driver is psycopg (and no
+    ``module`` option puts another DBAPI in its place), the options do not set
+    ``pool_pre_ping`` themselves, and ``after_idle`` (the value of
+    ``SESSIONEXT_PING_AFTER_IDLE``) is not ``0``.
+    """
+    if not after_idle or "pool_pre_ping" in options or "module" in options:
+        return False
+    try:
+        dialect = url.get_dialect()
+    except (sa_exc.ArgumentError, ImportError):
+        return False
+    return (
+        dialect.name == "postgresql"
+        and dialect.driver == "psycopg"
+        and not dialect.is_async
+    )

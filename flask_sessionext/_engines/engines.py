@@ -17,9 +17,6 @@ from .._config.passwords import cause, mask_url
 from .._config.refused_options import MAPPINGS, OPTION_ERRORS, culprit, option_error
 from .._config.settings import Settings
 from . import fork_safety as _fork_safety
-from . import liveness as _liveness
-from . import sqlite_transactions as _sqlite_transactions
-from .listeners import Listeners
 
 #: The names in SQLAlchemy's "Invalid argument(s) 'a','b' sent to create_engine()".
 _INVALID_RE = re.compile(r"Invalid argument\(s\) (.+?) sent to create_engine")
@@ -55,18 +52,10 @@ def create_engines(settings: Settings) -> dict[str | None, sa.Engine]:
     return {key: create_engine(bind) for key, bind in settings.binds.items()}
 
 
-def prepare_engines(
-    engines: Mapping[str | None, sa.Engine], settings: Settings, listeners: Listeners
-) -> None:
-    """Give each engine what the extension adds to it: the transaction fix
-    of the ``sqlite3`` driver, the liveness check of PostgreSQL connections
-    (where it replaces ``pool_pre_ping``), and fork safety.
+def prepare_engines(engines: Mapping[str | None, sa.Engine]) -> None:
+    """Make ``engines`` fork-safe; what the features add to them comes when
+    the app's runtime starts them.
     """
-    for key, engine in engines.items():
-        if _sqlite_transactions.needs_fix(engine):
-            _sqlite_transactions.install(engine)
-        elif settings.binds[key].liveness:
-            _liveness.install(listeners, engine, settings.ping_after_idle)
     _fork_safety.dispose_in_child(list(engines.values()))
 
 

@@ -24,13 +24,15 @@ Handler = t.Callable[..., t.Any]
 class _Listener:
     """The installed listener of one event on one target, and its handlers."""
 
-    __slots__ = ("_active", "function", "handlers", "identifier", "target")
+    __slots__ = ("_active", "function", "handlers", "identifier", "ranks", "target")
 
     def __init__(self, target: t.Any, identifier: str) -> None:
         self.target = target
         self.identifier = identifier
         #: Replaced, never mutated, so a dispatch in progress is not disturbed.
         self.handlers: tuple[Handler, ...] = ()
+        #: The rank of each handler: handlers run by rank, then as added.
+        self.ranks: dict[Handler, int] = {}
         #: One item per dispatch running now, in any thread. ``list.append``
         #: and ``list.pop`` are atomic, where ``count += 1`` on an attribute
         #: is a read and a write that two threads may interleave (and lose a
@@ -64,9 +66,12 @@ class Listeners:
         #: Listeners left without handlers while they were dispatching.
         self.pending: list[_Listener] = []
 
-    def add(self, target: t.Any, identifier: str, handler: Handler) -> None:
+    def add(
+        self, target: t.Any, identifier: str, handler: Handler, *, rank: int = 0
+    ) -> None:
         """Call ``handler`` with the listener's positional arguments whenever
-        ``identifier`` fires on ``target``, after the handlers added before it.
+        ``identifier`` fires on ``target``: after the handlers of a lower
+        ``rank``, and after those of its rank added before it.
         """
         with self._lock:
             self.flush_pending()
@@ -76,7 +81,12 @@ class Listeners:
                 entry = self._listeners[key] = _Listener(target, identifier)
             if handler in entry.handlers:
                 return
-            entry.handlers = (*entry.handlers, handler)
+            entry.ranks[handler] = rank
+            ranks = entry.ranks
+            # Replaced as a whole: a dispatch in progress keeps its tuple.
+            entry.handlers = tuple(
+                sorted((*entry.handlers, handler), key=lambda h: ranks[h])
+            )
             if len(entry.handlers) == 1 and entry not in self.pending:
                 event.listen(target, identifier, entry.function)
             elif entry in self.pending:
@@ -91,24 +101,13 @@ class Listeners:
             if entry is None or handler not in entry.handlers:
                 return
             entry.handlers = tuple(h for h in entry.handlers if h != handler)
+            del entry.ranks[handler]
             if not entry.handlers:
                 if entry.dispatching:
                     # SQLAlchemy forbids removing a listener during its dispatch.
                     self.pending.append(entry)
                 else:
                     self._uninstall(entry)
-
-    def keep_last(self, target: t.Any, identifier: str, handler: Handler) -> None:
-        """Move ``handler``, added before, behind the handlers added since, in
-        one step, so no dispatch misses it.
-        """
-        with self._lock:
-            entry = self._listeners.get((id(target), identifier))
-            if entry is None or handler not in entry.handlers:
-                return
-            if entry.handlers[-1] != handler:
-                others = tuple(h for h in entry.handlers if h != handler)
-                entry.handlers = (*others, handler)
 
     def flush_pending(self) -> None:
         """Remove listeners that lost their last handler during a dispatch."""
@@ -128,6 +127,7 @@ class Listeners:
         with self._lock:
             for entry in list(self._listeners.values()):
                 entry.handlers = ()
+                entry.ranks.clear()
                 self._uninstall(entry)
             self.pending.clear()
 

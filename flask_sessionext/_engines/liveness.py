@@ -19,15 +19,18 @@ from __future__ import annotations
 import select
 import time
 import typing as t
-from collections.abc import Mapping
 
 import sqlalchemy as sa
 import sqlalchemy.exc as sa_exc
-from sqlalchemy.engine import URL
 from sqlalchemy.engine.interfaces import Dialect
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
-from .listeners import Listeners
+from .._features.base import Feature
+
+if t.TYPE_CHECKING:
+    from flask import Flask
+
+    from .._config.settings import Settings
 
 #: The key of ``ConnectionPoolEntry.info`` that holds the monotonic time at
 #: which the connection was last checked in; SQLAlchemy clears ``info`` when
@@ -38,59 +41,61 @@ CHECKED_IN = "sessionext.checked_in"
 _UNKNOWN = 4
 
 
-def replaces_pre_ping(
-    url: URL, options: Mapping[str, t.Any], after_idle: float
-) -> bool:
-    """Whether an engine of ``url`` and engine ``options`` gets the check of
-    this module instead of ``pool_pre_ping``: its driver is psycopg (and no
-    ``module`` option puts another DBAPI in its place), the options do not set
-    ``pool_pre_ping`` themselves, and ``after_idle`` (the value of
-    ``SESSIONEXT_PING_AFTER_IDLE``) is not ``0``.
+class Liveness(Feature):
+    """The check at checkout of the pooled connections of the app's engines
+    whose settings say it replaces ``pool_pre_ping``.
     """
-    if not after_idle or "pool_pre_ping" in options or "module" in options:
-        return False
-    try:
-        dialect = url.get_dialect()
-    except (sa_exc.ArgumentError, ImportError):
-        return False
-    return (
-        dialect.name == "postgresql"
-        and dialect.driver == "psycopg"
-        and not dialect.is_async
-    )
 
+    name = "liveness check"
+    listens = ("checkout", "checkin")
 
-def install(listeners: Listeners, engine: sa.Engine, after_idle: float) -> None:
-    """Check each connection of ``engine``'s pool at checkout: replace it when
-    the server has closed it, and ping it when it has been idle for more than
-    ``after_idle`` seconds.
-    """
-    dialect = engine.dialect
+    @classmethod
+    def wanted(cls, settings: Settings) -> bool:
+        """Whether a bind of ``settings`` gets the check."""
+        return any(bind.liveness for bind in settings.binds.values())
 
-    def checkin(dbapi_connection: t.Any, record: ConnectionPoolEntry) -> None:
-        if dbapi_connection is not None:
-            record.info[CHECKED_IN] = time.monotonic()
+    def start(self, app: Flask) -> None:
+        """Check the connections of each engine whose settings say so."""
+        settings = self.parts.settings
+        for key, engine in self.parts.engines.items():
+            if settings.binds[key].liveness:
+                self._install(engine, settings.ping_after_idle)
 
-    def checkout(
-        dbapi_connection: t.Any,
-        record: ConnectionPoolEntry,
-        proxy: PoolProxiedConnection,
-    ) -> None:
-        checked_in = record.info.get(CHECKED_IN)
-        if checked_in is None:  # a new connection, not used yet
-            return
-        if (
-            dbapi_connection.closed
-            or dbapi_connection.broken
-            or dbapi_connection.pgconn.transaction_status == _UNKNOWN
-        ):
-            raise sa_exc.DisconnectionError("the connection is closed")
-        if _readable(dbapi_connection) or time.monotonic() - checked_in > after_idle:
-            ping(dialect, dbapi_connection)
+    def _install(self, engine: sa.Engine, after_idle: float) -> None:
+        """Check each connection of ``engine``'s pool at checkout: replace it
+        when the server has closed it, and ping it when it has been idle for
+        more than ``after_idle`` seconds.
+        """
+        dialect = engine.dialect
 
-    # Before any receiver of the checkout signal: they see live connections.
-    listeners.add(engine, "checkout", checkout)
-    listeners.add(engine, "checkin", checkin)
+        def checkin(dbapi_connection: t.Any, record: ConnectionPoolEntry) -> None:
+            if dbapi_connection is not None:
+                record.info[CHECKED_IN] = time.monotonic()
+
+        def checkout(
+            dbapi_connection: t.Any,
+            record: ConnectionPoolEntry,
+            proxy: PoolProxiedConnection,
+        ) -> None:
+            checked_in = record.info.get(CHECKED_IN)
+            if checked_in is None:  # a new connection, not used yet
+                return
+            if (
+                dbapi_connection.closed
+                or dbapi_connection.broken
+                or dbapi_connection.pgconn.transaction_status == _UNKNOWN
+            ):
+                raise sa_exc.DisconnectionError("the connection is closed")
+            if (
+                _readable(dbapi_connection)
+                or time.monotonic() - checked_in > after_idle
+            ):
+                ping(dialect, dbapi_connection)
+
+        # Before any receiver of the checkout signal (the features' order):
+        # they see live connections.
+        self.listen(engine, "checkout", checkout)
+        self.listen(engine, "checkin", checkin)
 
 
 def ping(dialect: Dialect, dbapi_connection: t.Any) -> None:

@@ -20,6 +20,11 @@ import typing as t
 
 import sqlalchemy as sa
 
+from .._features.base import Feature
+
+if t.TYPE_CHECKING:
+    from flask import Flask
+
 #: sqlite3.LEGACY_TRANSACTION_CONTROL, the only ``autocommit`` mode (and the
 #: only one before Python 3.12) in which the driver needs this fix.
 _LEGACY = -1
@@ -43,3 +48,17 @@ def _do_begin(dbapi_connection: t.Any) -> None:
 def install(engine: sa.Engine) -> None:
     """Apply the fix to ``engine``'s dialect, which is the engine's own."""
     setattr(engine.dialect, "do_begin", _do_begin)  # noqa: B010
+
+
+class SqliteTransactions(Feature):
+    """The transaction fix on each of the app's engines that uses the
+    ``sqlite3`` driver; it listens to no event.
+    """
+
+    name = "SQLite transactions"
+
+    def start(self, app: Flask) -> None:
+        """Apply the fix to each engine that needs it."""
+        for engine in self.parts.engines.values():
+            if needs_fix(engine):
+                install(engine)

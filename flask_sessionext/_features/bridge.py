@@ -19,9 +19,11 @@ import weakref
 import sqlalchemy as sa
 from flask import Flask
 
-from .._engines.listeners import Handler, Listeners
 from .._receivers.calls import Resolved, resolve, run
 from ..signals import CATALOG, BridgedEvent
+from .base import EVERY_OPERATION, Feature, Parts
+
+Handler = t.Callable[..., t.Any]
 
 
 class _Receivers:
@@ -35,43 +37,42 @@ class _Receivers:
         self.resolved = resolved
 
 
-class SignalBridge:
+class SignalBridge(Feature):
     """The bridged-signal listeners of one app."""
 
-    def __init__(
-        self,
-        app: weakref.ref[Flask],
-        session_class: type[sa.orm.Session],
-        engines: t.Mapping[str | None, sa.Engine],
-        listeners: Listeners,
-    ) -> None:
+    name = "bridged signals"
+    sends = tuple(CATALOG)
+    #: Each signal's own event, while it has receivers.
+    listens = tuple(CATALOG)
+    raises_after = EVERY_OPERATION
+
+    def __init__(self, parts: Parts, rank: int) -> None:
+        super().__init__(parts, rank)
         # Weak, so the class-level session listeners do not keep the app alive.
-        self.app = app
-        self.session_class = session_class
-        self._engines = engines
-        self.listeners = listeners
+        self.app = parts.app
+        self.session_class = parts.session_class
+        self._engines = parts.engines
         #: Installed signals by name: their (target, handler) pairs, and
         #: their receivers.
         self.installed: dict[str, tuple[list[tuple[t.Any, Handler]], _Receivers]] = {}
 
-    def refresh(self) -> None:
+    def refresh(self, app: Flask) -> None:
         """Install, update or remove the listener of every signal as its
         receivers for the app say.
         """
         for entry in CATALOG.values():
             if entry.name in self.installed or entry.signal.receivers:
-                self._refresh(entry)
+                self._refresh(app, entry)
 
-    def _refresh(self, entry: BridgedEvent) -> None:
-        app = self.app()
-        resolved = resolve(entry.signal.receivers_for(app)) if app is not None else ()
+    def _refresh(self, app: Flask, entry: BridgedEvent) -> None:
+        resolved = resolve(entry.signal.receivers_for(app))
         if entry.name in self.installed:
             pairs, receivers = self.installed[entry.name]
             receivers.resolved = resolved
             if not resolved:
                 del self.installed[entry.name]
                 for target, handler in pairs:
-                    self.listeners.remove(target, entry.name, handler)
+                    self.unlisten(target, entry.name, handler)
         elif resolved:
             receivers = _Receivers(resolved)
             pairs = [
@@ -79,7 +80,7 @@ class SignalBridge:
                 for target, key in self._targets(entry)
             ]
             for target, handler in pairs:
-                self.listeners.add(target, entry.name, handler)
+                self.listen(target, entry.name, handler)
             self.installed[entry.name] = (pairs, receivers)
 
     def may_raise(self) -> bool:
@@ -90,6 +91,10 @@ class SignalBridge:
             not CATALOG[name].propagates and _may_raise(receivers.resolved)
             for name, (_, receivers) in self.installed.items()
         )
+
+    def has_receivers(self) -> bool:
+        """Whether a signal's listener is installed."""
+        return bool(self.installed)
 
     def has_dead_receivers(self) -> bool:
         """Whether an installed signal lost a receiver to the garbage collector."""

@@ -17,17 +17,16 @@ from __future__ import annotations
 
 import typing as t
 import weakref
-from collections.abc import Mapping
 
 import sqlalchemy as sa
 import sqlalchemy.exc as sa_exc
 from flask import Flask, appcontext_pushed
 from sqlalchemy import orm
 
-from .._config.settings import BroadcastSettings
-from .._engines.listeners import Listeners
+from .._config.settings import Settings
 from ..signals import models_committed_anywhere
 from . import outbox_listener as _outbox_listener
+from .base import Feature, Parts
 from .changes import end_level, mark_released
 from .outbox import (
     OUTBOX,
@@ -126,31 +125,39 @@ def _levels(session: orm.Session) -> dict[orm.SessionTransaction, _Level]:
     return levels
 
 
-class Broadcast:
+class Broadcast(Feature):
     """The publishing and the receiving of one app.
 
     Its session listeners are installed while the setting is on, whoever
     listens: the other processes need the publications. Its listener thread
     runs while ``models_committed_anywhere`` has a receiver for the app.
+    Last of the features: it publishes what the commit writes, after the
+    receivers of ``before_commit`` and ``before_models_committed`` changed it.
     """
 
-    #: The session events it listens to; the handler of each is the method
-    #: named like it.
-    EVENTS = ("after_flush", "before_commit", "after_commit", "after_transaction_end")
+    name = "broadcast"
+    # On while SESSIONEXT_BROADCAST is: the other processes need the
+    # publications; the listener thread runs while the signal has a
+    # receiver for the app.
+    sends = ("models_committed_anywhere",)
+    #: The handler of each is the method named like it.
+    listens = ("after_flush", "before_commit", "after_commit", "after_transaction_end")
+    # Sent after the commit, in every process, on its listener thread.
+    deferred = True
 
-    def __init__(
-        self,
-        app: weakref.ref[Flask],
-        session_class: type[orm.Session],
-        listeners: Listeners,
-        engines: Mapping[str | None, sa.Engine],
-        settings: BroadcastSettings,
-    ) -> None:
-        self._app = app
-        self._session_class = session_class
-        self._listeners = listeners
+    @classmethod
+    def wanted(cls, settings: Settings) -> bool:
+        """Whether ``SESSIONEXT_BROADCAST`` is on."""
+        return settings.broadcast is not None
+
+    def __init__(self, parts: Parts, rank: int) -> None:
+        super().__init__(parts, rank)
+        settings = parts.settings.broadcast
+        assert settings is not None, "wanted() said so"
+        self._app = parts.app
+        self._session_class = parts.session_class
         self.settings = settings
-        self.engine = engines[settings.bind]
+        self.engine = parts.engines[settings.bind]
         self._lock_key = advisory_lock_key(settings.channel)
         self._published = 0
         self._subscribed = False
@@ -159,22 +166,13 @@ class Broadcast:
         """Install the publishing listeners; start receiving as soon as an
         app context is pushed in a process that has none running.
         """
-        for name in self.EVENTS:
-            self._listeners.add(self._session_class, name, getattr(self, f"_{name}"))
+        for name in self.listens:
+            self.listen(self._session_class, name, getattr(self, f"_{name}"))
         # Weakly: the subscription goes with the runtime.
         appcontext_pushed.connect(self._context_pushed, sender=app)
 
-    def refresh(self) -> None:
-        """Keep the publishing last of the ``before_commit`` handlers (the
-        receivers of ``before_models_committed`` may still change models),
-        and start, or stop, receiving as receivers come and go.
-        """
-        self._listeners.keep_last(
-            self._session_class, "before_commit", self._before_commit
-        )
-        app = self._app()
-        if app is None:
-            return
+    def refresh(self, app: Flask) -> None:
+        """Start, or stop, receiving as receivers come and go."""
         if next(models_committed_anywhere.receivers_for(app), None) is not None:
             self._subscribed = True
             _outbox_listener.subscribe(app, self.engine, self.settings)

@@ -16,13 +16,11 @@ callback waits in one of its sessions.
 from __future__ import annotations
 
 import typing as t
-import weakref
 
 import sqlalchemy as sa
 from flask import Flask
 from sqlalchemy import orm
 
-from .._engines.listeners import Handler, Listeners
 from .._receivers.calls import (
     collect_receiver_errors,
     reference,
@@ -34,6 +32,7 @@ from .._receivers.calls import (
 from .._session.session import app_context_or_none
 from .._sqlalchemy_private import allow_commit, outside_transaction_block, refuse_commit
 from ..signals import before_models_committed, models_committed
+from .base import Feature, Parts
 
 Change = tuple[object, str]
 Callback = tuple[t.Callable[..., t.Any], tuple[t.Any, ...], dict[str, t.Any]]
@@ -168,62 +167,66 @@ def _current_level(session: orm.Session) -> _Level:
     return level
 
 
-class ChangeTracker:
-    """The change signals and ``on_commit`` callbacks of one app."""
+class ModelChanges(Feature):
+    """``before_models_committed`` and ``models_committed`` of one app.
 
-    def __init__(
-        self,
-        app: weakref.ref[Flask],
-        session_class: type[orm.Session],
-        listeners: Listeners,
-        *,
-        signal_events: tuple[str, ...],
-        callback_events: tuple[str, ...],
-        callbacks_started: t.Callable[[], None],
-    ) -> None:
-        self._app = app
-        self._session_class = session_class
-        self._listeners = listeners
-        #: The events listened to while a change signal has a receiver, and
-        #: while callbacks are in use (see ``_runtime.FEATURES``); the
-        #: handler of each is the method named like it.
-        self._signal_events = signal_events
-        self._callback_events = callback_events
-        #: Called once, when the first callback is registered: the app's
-        #: runtime then refreshes (so ``commit`` raises callback errors).
-        self._callbacks_started = callbacks_started
+    Its handlers also serve :class:`OnCommit`, whose callbacks are kept in
+    the same transaction levels and run at the same end of the commit.
+    """
+
+    name = "model changes"
+    sends = ("before_models_committed", "models_committed")
+    listens = (
+        "after_begin",
+        "after_flush",
+        "before_commit",
+        "after_commit",
+        "after_transaction_end",
+    )
+    deferred = True
+    raises_after = frozenset({"commit"})
+
+    def __init__(self, parts: Parts, rank: int) -> None:
+        super().__init__(parts, rank)
+        self._app = parts.app
+        self._session_class = parts.session_class
         #: The installed listeners by event name.
-        self.installed: dict[str, Handler] = {}
+        self.installed: dict[str, t.Callable[..., t.Any]] = {}
         #: Whether an ``on_commit`` callback was ever registered. Its
         #: listeners then stay: SQLAlchemy's listener collections must not
         #: change while another thread dispatches their event ("deque mutated
         #: during iteration"), and with a callback in most requests they
         #: would come and go at every commit.
-        self._callbacks = False
+        self.callbacks = False
         #: Weak references to the receivers seen by the last refresh.
         self._receivers: tuple[t.Callable[[], t.Any], ...] = ()
 
-    def refresh(self) -> None:
-        """Install or remove the listeners as receivers and callbacks say.
-        The app's runtime calls it under its lock.
-        """
-        app = self._app()
+    def refresh(self, app: Flask) -> None:
+        """Install or remove the listeners as receivers and callbacks say."""
         self._receivers = tuple(
             reference(receiver)
             for signal in (before_models_committed, models_committed)
-            for receiver in (signal.receivers_for(app) if app is not None else ())
+            for receiver in signal.receivers_for(app)
         )
         events: set[str] = set()
         if self._receivers:
-            events.update(self._signal_events)
-        if self._callbacks:
-            events.update(self._callback_events)
+            events.update(self.listens)
+        if self.callbacks:
+            events.update(OnCommit.listens)
         for name in set(self.installed) - events:
-            self._listeners.remove(self._session_class, name, self.installed.pop(name))
+            self.unlisten(self._session_class, name, self.installed.pop(name))
         for name in events - set(self.installed):
             handler = getattr(self, f"_{name}")
-            self._listeners.add(self._session_class, name, handler)
+            self.listen(self._session_class, name, handler)
             self.installed[name] = handler
+
+    def may_raise(self) -> bool:
+        """Whether a change signal has a receiver for the app."""
+        return bool(self._receivers)
+
+    def has_receivers(self) -> bool:
+        """Whether a change signal has a receiver for the app."""
+        return bool(self._receivers)
 
     def has_dead_receivers(self) -> bool:
         """Whether a receiver seen by the last refresh was garbage-collected."""
@@ -236,9 +239,10 @@ class ChangeTracker:
     def on_commit(self, session: orm.Session, callback: Callback) -> None:
         """Run ``callback`` after the outermost commit of ``session``."""
         _current_level(session).callbacks.append(callback)
-        if not self._callbacks:
-            self._callbacks = True
-            self._callbacks_started()
+        if not self.callbacks:
+            self.callbacks = True
+            # The listeners, and ``commit`` raising callback errors.
+            self.parts.refresh()
 
     def _after_begin(
         self,
@@ -351,3 +355,31 @@ class ChangeTracker:
         finally:
             if ctx is not None:
                 ctx.pop()
+
+
+class OnCommit(Feature):
+    """``db.on_commit`` callbacks of one app, kept and run by the handlers
+    of its :class:`ModelChanges` (the levels they share).
+    """
+
+    name = "on_commit callbacks"
+    listens = ("after_begin", "after_commit", "after_transaction_end")
+    deferred = True
+    raises_after = frozenset({"commit"})
+
+    def __init__(self, parts: Parts, rank: int) -> None:
+        super().__init__(parts, rank)
+        self._changes: ModelChanges | None = None
+
+    def start(self, app: Flask) -> None:
+        """Find the app's :class:`ModelChanges`, which keeps the callbacks."""
+        self._changes = self.parts.feature(ModelChanges)
+
+    def on_commit(self, session: orm.Session, callback: Callback) -> None:
+        """Run ``callback`` after the outermost commit of ``session``."""
+        assert self._changes is not None, "started in init_app"
+        self._changes.on_commit(session, callback)
+
+    def may_raise(self) -> bool:
+        """Whether a callback was ever registered on the app."""
+        return self._changes is not None and self._changes.callbacks

@@ -17,9 +17,7 @@ from flask.globals import app_ctx
 from sqlalchemy.sql import visitors
 from werkzeug.local import LocalProxy
 
-from .._config import settings as _settings
-from .._config.settings import Settings, SynchronizeSession
-from .._engines.listeners import Listeners
+from .._config.settings import Settings
 from .._receivers.calls import run_operation
 from .._sqlalchemy_private import all_registries
 
@@ -329,35 +327,12 @@ def make_session_class(
 
 
 def make_sessionmaker(
-    settings: Settings, engines: Mapping[str | None, sa.Engine], listeners: Listeners
+    settings: Settings, engines: Mapping[str | None, sa.Engine]
 ) -> orm.sessionmaker[Session]:
-    """The sessionmaker of one app: its Session class, its options, and the
-    default ``synchronize_session`` (through the Session's execution options
-    on SQLAlchemy 2.1, where the settings put it; through a ``do_orm_execute``
-    listener on 2.0).
-    """
+    """The sessionmaker of one app: its Session class and its options."""
     session_class = make_session_class(settings.session_class, engines)
     session_class._sessionext_router.user_binds = "binds" in settings.session_options
     maker = orm.sessionmaker(
         bind=engines[None], class_=session_class, **settings.session_options
     )
-    synchronize = settings.synchronize_session
-    if synchronize is not None and not _settings.SESSION_EXECUTION_OPTIONS:
-        listeners.add(maker.class_, "do_orm_execute", _synchronize_handler(synchronize))
     return maker
-
-
-def _synchronize_handler(
-    synchronize: SynchronizeSession,
-) -> t.Callable[[orm.ORMExecuteState], None]:
-    """A ``do_orm_execute`` handler that sets the default
-    ``synchronize_session`` of ORM-enabled UPDATE and DELETE statements.
-    """
-
-    def handler(state: orm.ORMExecuteState) -> None:
-        if (state.is_update or state.is_delete) and (
-            "synchronize_session" not in state.execution_options
-        ):
-            state.update_execution_options(synchronize_session=synchronize)
-
-    return handler

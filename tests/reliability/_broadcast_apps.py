@@ -27,6 +27,7 @@ from flask import Flask, jsonify
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from flask_sessionext import CommittedChange, SessionExt
+from flask_sessionext._features.broadcast import Broadcast
 from flask_sessionext._features.outbox import outbox_table
 from flask_sessionext._features.outbox_listener import listener_of
 from flask_sessionext.signals import models_committed_anywhere
@@ -75,7 +76,7 @@ def make_app(url: str) -> Flask:
 
 def wait_until_listening(app: Flask, timeout: float = 15.0) -> None:
     """Wait until the listener of this process is up to date."""
-    broadcast = app.extensions["sessionext"].broadcast
+    broadcast = app.extensions["sessionext"].feature(Broadcast)
     deadline = time.monotonic() + timeout
     while True:
         listener = listener_of(broadcast.engine, broadcast.settings)
@@ -136,7 +137,7 @@ def create_app() -> Flask:
     @app.get("/received")
     def report() -> t.Any:
         time.sleep(0.05)
-        broadcast = app.extensions["sessionext"].broadcast
+        broadcast = app.extensions["sessionext"].feature(Broadcast)
         listener = listener_of(broadcast.engine, broadcast.settings)
         listening = listener is not None and listener.connected.is_set()
         with _received_lock:

@@ -24,6 +24,7 @@ import sqlalchemy as sa
 from flask import Flask
 
 from flask_sessionext import CommittedChange, SessionExt
+from flask_sessionext._features.broadcast import Broadcast
 from flask_sessionext._features.outbox import outbox_table
 from flask_sessionext._features.outbox_listener import APPLICATION_NAME, listener_of
 from flask_sessionext.signals import models_committed_anywhere
@@ -222,7 +223,7 @@ def test_forked_child_listens_on_its_own_connection(
 
     try:
         with models_committed_anywhere.connected_to(receiver, app):
-            broadcast = app.extensions["sessionext"].broadcast
+            broadcast = app.extensions["sessionext"].feature(Broadcast)
             listener = listener_of(broadcast.engine, broadcast.settings)
             assert listener is not None
             assert listener.connected.wait(10)
