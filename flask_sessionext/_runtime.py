@@ -22,7 +22,7 @@ from types import MappingProxyType
 
 import sqlalchemy as sa
 import sqlalchemy.orm as orm
-from blinker import ANY
+from blinker import ANY, NamedSignal
 from flask import Flask
 from flask.ctx import AppContext
 
@@ -100,6 +100,9 @@ class Runtime:
         #: Whether a listener of a receiver's is installed, whose receiver
         #: may be garbage-collected unseen (see :meth:`collect`).
         self._watching = False
+        #: The names of the signals that had receivers for the app at the
+        #: last refresh.
+        self._receiving: frozenset[str] = frozenset()
         #: How many times :meth:`refresh` ran, for tests of its cost.
         self.refreshes = 0
         # Re-entrant: a receiver connected by code that a refresh runs (a
@@ -127,17 +130,25 @@ class Runtime:
         for signal in namespace.values():
             # Weakly: Blinker forgets the subscription when the app and its
             # runtime are gone.
-            signal.receiver_connected.connect(self._receivers_changed)
-            signal.receiver_disconnected.connect(self._receivers_changed)
+            signal.receiver_connected.connect(self._receiver_connected)
+            signal.receiver_disconnected.connect(self._receiver_disconnected)
         for feature in self.features:
             feature.start(app)
         self.refresh()
 
-    def _receivers_changed(
-        self, signal: object, *, sender: object = ANY, **kwargs: object
+    def _receiver_connected(
+        self, signal: NamedSignal, *, sender: object = ANY, **kwargs: object
     ) -> None:
         # Only a receiver for this app, or for every sender, concerns it.
         if sender is ANY or sender is self.app():
+            self.refresh()
+
+    def _receiver_disconnected(
+        self, signal: NamedSignal, *, sender: object = ANY, **kwargs: object
+    ) -> None:
+        # Disconnected from every sender (Blinker's default): it concerns
+        # this app if the signal had receivers for it.
+        if sender is self.app() or (sender is ANY and signal.name in self._receiving):
             self.refresh()
 
     def refresh(self) -> None:
@@ -157,6 +168,11 @@ class Runtime:
             for feature in self.features:
                 feature.refresh(app)
             self.listeners.flush_pending()
+            self._receiving = frozenset(
+                name
+                for name, signal in namespace.items()
+                if signal.receivers and any(True for _ in signal.receivers_for(app))
+            )
             raises_after: frozenset[str] = frozenset()
             for feature in self.features:
                 if feature.may_raise():
