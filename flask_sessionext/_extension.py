@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import typing as t
-import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
@@ -13,15 +12,11 @@ import sqlalchemy.orm as orm
 from flask import Flask, abort
 
 from ._config.settings import read_settings
-from ._engines.engines import create_engines, prepare_engines
-from ._engines.listeners import Listeners
 from ._features.outbox import outbox_metadata
-from ._features.recording import dropped, recorded
 from ._receivers.listener_objects import Registration, connect_methods
 from ._runtime import Runtime
 from ._session import tables as _tables
-from ._session.lifecycle import create_session, remove_session
-from ._session.session import Session, app_ctx_scope, engine_for_key, make_sessionmaker
+from ._session.session import Session, app_ctx_scope, engine_for_key
 from ._sqlalchemy_private import in_transaction_block
 from .cli import cli
 from .recording import QueryRecord
@@ -119,15 +114,9 @@ class SessionExt:
         )
         # Models imported after init_app are checked at their first use.
         _tables.check_bind_keys(self._metadata, settings.binds)
-        listeners = Listeners()
-        engines = create_engines(settings)
-        prepare_engines(engines)
-        maker = make_sessionmaker(settings, engines)
-        runtime = Runtime(app, self, settings, engines, maker, listeners)
+        # Its engines, sessionmaker and features; it opens no connection.
+        runtime = Runtime(app, self, settings)
         app.extensions["sessionext"] = runtime
-        # What SQLAlchemy holds of the app goes with it: its listeners (see
-        # Listeners.remove_all) and its pools' connections.
-        weakref.finalize(app, _release, listeners, list(engines.values()))
         app.teardown_appcontext(self._teardown_session)
         app.cli.add_command(cli)
         runtime.start(app)
@@ -146,11 +135,11 @@ class SessionExt:
 
     def _make_session(self, **kwargs: t.Any) -> Session:
         ctx = app_ctx_scope()
-        return create_session(self._get_state(ctx.app), ctx, **kwargs)
+        return self._get_state(ctx.app).create_session(ctx, **kwargs)
 
     def _teardown_session(self, exc: BaseException | None) -> None:
         ctx = app_ctx_scope()
-        remove_session(self._get_state(ctx.app), ctx, self._session.registry, exc)
+        self._get_state(ctx.app).remove_session(ctx, self._session.registry, exc)
 
     @property
     def session(self) -> orm.scoped_session[Session]:
@@ -265,8 +254,7 @@ class SessionExt:
 
         :raise RuntimeError: no application context is pushed.
         """
-        self._current_state()
-        return recorded(app_ctx_scope())
+        return self._current_state().recorded(app_ctx_scope())
 
     @property
     def dropped_query_count(self) -> int:
@@ -275,8 +263,7 @@ class SessionExt:
 
         :raise RuntimeError: no application context is pushed.
         """
-        self._current_state()
-        return dropped(app_ctx_scope())
+        return self._current_state().dropped(app_ctx_scope())
 
     def register(self, listener: object, *, app: Flask | None = None) -> Registration:
         """Connect every public method of ``listener`` whose name is a signal
@@ -429,12 +416,3 @@ class SessionExt:
             return self.session.execute(statement).scalar_one()
         except (sa_exc.NoResultFound, sa_exc.MultipleResultsFound):
             abort(404, description=description)
-
-
-def _release(listeners: Listeners, engines: list[sa.Engine]) -> None:
-    """Remove the listeners, and close the pooled connections, of an app that
-    was garbage-collected.
-    """
-    listeners.remove_all()
-    for engine in engines:
-        engine.dispose()

@@ -13,6 +13,8 @@ and says which session operations must raise receiver errors once complete
 
 from __future__ import annotations
 
+import functools
+import inspect
 import threading
 import typing as t
 import weakref
@@ -23,10 +25,12 @@ from types import MappingProxyType
 import sqlalchemy as sa
 import sqlalchemy.orm as orm
 from blinker import ANY, NamedSignal
-from flask import Flask
+from flask import Flask, Response, after_this_request, has_request_context
 from flask.ctx import AppContext
+from sqlalchemy.util import ScopedRegistry
 
-from ._config.settings import Settings
+from ._config.settings import Settings, commit_on_teardown
+from ._engines.engines import create_engines, prepare_engines
 from ._engines.listeners import Listeners
 from ._engines.liveness import Liveness
 from ._engines.sqlite_transactions import SqliteTransactions
@@ -35,13 +39,17 @@ from ._features.bridge import SignalBridge
 from ._features.broadcast import Broadcast
 from ._features.changes import ModelChanges, OnCommit
 from ._features.recording import Recorder
-from ._features.synchronize import SynchronizeSession
-from ._receivers.calls import raise_parked
-from ._session.session import OPERATIONS, Session
-from .signals import namespace
-
-if t.TYPE_CHECKING:
-    from ._extension import SessionExt
+from ._receivers.calls import raise_parked, report
+from ._receivers.checks import collected, report_collected
+from ._session.session import (
+    OPERATIONS,
+    Session,
+    SynchronizeSession,
+    app_ctx_scope,
+    make_sessionmaker,
+)
+from .recording import QueryRecord
+from .signals import namespace, session_created, session_removed
 
 #: The features of the extension, in the order of their handlers of one
 #: event (see :class:`~._features.base.Feature`). One line per feature.
@@ -67,15 +75,20 @@ class Runtime:
     engines (see ``weakref.finalize`` in :meth:`SessionExt.init_app`).
     """
 
-    def __init__(
-        self,
-        app: Flask,
-        extension: SessionExt,
-        settings: Settings,
-        engines: Mapping[str | None, sa.Engine],
-        sessionmaker: orm.sessionmaker[Session],
-        listeners: Listeners,
-    ) -> None:
+    def __init__(self, app: Flask, extension: object, settings: Settings) -> None:
+        """Create the app's engines (opening no connection), its
+        sessionmaker and its features.
+
+        :raise ValueError: a URL or an engine option is not accepted.
+        :raise TypeError: an engine option is unknown, or of the wrong type.
+        """
+        listeners = Listeners()
+        engines = create_engines(settings)
+        prepare_engines(engines)
+        sessionmaker = make_sessionmaker(settings, engines)
+        # What SQLAlchemy holds of the app goes with it: its listeners (see
+        # Listeners.remove_all) and its pools' connections.
+        weakref.finalize(app, _release, listeners, list(engines.values()))
         self.app = weakref.ref(app)
         self.extension = extension
         self.settings = settings
@@ -195,11 +208,94 @@ class Runtime:
         ):
             self.refresh()
 
+    def recorded(self, ctx: AppContext) -> list[QueryRecord]:
+        """The queries that ``ctx`` recorded, oldest first."""
+        return self.feature(Recorder).recorded(ctx)
+
+    def dropped(self, ctx: AppContext) -> int:
+        """How many records of ``ctx`` the limit dropped."""
+        return self.feature(Recorder).dropped(ctx)
+
     def on_commit(self, session: orm.Session, callback: t.Any) -> None:
         """Run ``callback``, ``(func, args, kwargs)``, after the outermost
         commit of ``session``.
         """
         self.feature(OnCommit).on_commit(session, callback)
+
+    def create_session(self, app_ctx: AppContext, **kwargs: t.Any) -> Session:
+        """The session of ``app_ctx``, at its first use; a request that has one
+        checks whether its response streams with it.
+        """
+        session = self.sessionmaker(**kwargs)
+        if has_request_context():
+            # Only requests that have a session pay for the check.
+            after_this_request(self.keep_for_stream)
+        if session_created.receivers:
+            report(session_created, app_ctx.app, session=session)
+        return session
+
+    def keep_for_stream(self, response: Response) -> Response:
+        """Keep the session of a streamed response until the response is closed:
+        ``stream_with_context`` pushes the same app context again while the body
+        streams, after its first teardown, and the generator must find the view's
+        session and the objects it loaded.
+        """
+        if response.is_streamed:
+            ctx = app_ctx_scope()
+            body = response.response
+            # Only a body that will push this context again, as the generator of
+            # stream_with_context does (Flask >= 3.1), holds it; any other
+            # streamed body (a file, an error page) runs without it.
+            if inspect.isgenerator(body) and any(
+                value is ctx for value in inspect.getgeneratorlocals(body).values()
+            ):
+                self.streams[ctx] = "streaming"
+                response.call_on_close(functools.partial(self._end_stream, ctx))
+        return response
+
+    def _end_stream(self, ctx: AppContext) -> None:
+        """At the close of a streamed response: remove the session kept for it,
+        if no teardown of its context did (the stream was never read, or read
+        without ``stream_with_context``).
+        """
+        if self.streams.get(ctx) == "kept":
+            with ctx:  # its teardown removes the session
+                pass
+
+    def remove_session(
+        self,
+        ctx: AppContext,
+        registry: ScopedRegistry[Session],
+        exc: BaseException | None,
+    ) -> None:
+        """At the teardown of ``ctx``: commit the session if the settings
+        say so and nothing failed, close it, and forget it; unless a streamed
+        response still needs it.
+
+        Also the safe point at which listeners of garbage-collected receivers go.
+        """
+        app = ctx.app
+        if self.streams:
+            stream = self.streams.pop(ctx, None)
+            if stream == "streaming":  # the body has yet to stream
+                self.streams[ctx] = "kept"
+                return
+        if collected:  # a weakly connected receiver died: say so
+            report_collected(app)
+        self.collect()
+        if not registry.has():
+            return
+        session = registry()
+        try:
+            if exc is None and commit_on_teardown(app):
+                session.commit()
+        finally:
+            try:
+                session.close()
+            finally:
+                registry.clear()
+                if session_removed.receivers:
+                    report(session_removed, app, session=session, exception=exc)
 
     def check_not_joined(self) -> None:
         """Refuse a second :meth:`join_transactions` block.
@@ -247,3 +343,12 @@ class Runtime:
             router.stand_ins = {}
             self.sessionmaker.kw.clear()
             self.sessionmaker.kw.update(saved)
+
+
+def _release(listeners: Listeners, engines: list[sa.Engine]) -> None:
+    """Remove the listeners, and close the pooled connections, of an app that
+    was garbage-collected.
+    """
+    listeners.remove_all()
+    for engine in engines:
+        engine.dispose()

@@ -18,6 +18,33 @@ import typing as t
 import weakref
 from collections.abc import Mapping
 
+# What features need to call user code: the one place that does it, as the
+# features reach it (see :mod:`.._receivers.calls`).
+from .._receivers.calls import (
+    Resolved,
+    collect_receiver_errors,
+    reference,
+    report,
+    resolve,
+    run,
+    strong,
+    veto,
+)
+
+__all__ = [
+    "EVERY_OPERATION",
+    "Feature",
+    "Parts",
+    "Resolved",
+    "collect_receiver_errors",
+    "reference",
+    "report",
+    "resolve",
+    "run",
+    "strong",
+    "veto",
+]
+
 if t.TYPE_CHECKING:
     import sqlalchemy as sa
     from flask import Flask

@@ -19,9 +19,8 @@ import weakref
 import sqlalchemy as sa
 from flask import Flask
 
-from .._receivers.calls import Resolved, resolve, run
 from ..signals import CATALOG, BridgedEvent
-from .base import EVERY_OPERATION, Feature, Parts
+from .base import EVERY_OPERATION, Feature, Parts, Resolved, resolve, run
 
 Handler = t.Callable[..., t.Any]
 

@@ -27,7 +27,7 @@ from .._config.settings import Settings
 from ..signals import models_committed_anywhere
 from . import outbox_listener as _outbox_listener
 from .base import Feature, Parts
-from .changes import end_level, mark_released
+from .levels import end_level, mark_released
 from .outbox import (
     OUTBOX,
     Summary,

@@ -21,7 +21,12 @@ import sqlalchemy as sa
 from flask import Flask
 from sqlalchemy import orm
 
-from .._receivers.calls import (
+from .._session.session import app_context_or_none
+from .._sqlalchemy_private import allow_commit, outside_transaction_block, refuse_commit
+from ..signals import before_models_committed, models_committed
+from .base import (
+    Feature,
+    Parts,
     collect_receiver_errors,
     reference,
     report,
@@ -29,10 +34,7 @@ from .._receivers.calls import (
     strong,
     veto,
 )
-from .._session.session import app_context_or_none
-from .._sqlalchemy_private import allow_commit, outside_transaction_block, refuse_commit
-from ..signals import before_models_committed, models_committed
-from .base import Feature, Parts
+from .levels import end_level, mark_released
 
 Change = tuple[object, str]
 Callback = tuple[t.Callable[..., t.Any], tuple[t.Any, ...], dict[str, t.Any]]
@@ -101,56 +103,6 @@ class _Committed:
 def _levels(session: orm.Session) -> Levels:
     levels: Levels = session.info.setdefault(_LEVELS, {})
     return levels
-
-
-class _Absorbing(t.Protocol):
-    """What :func:`mark_released` and :func:`end_level` need of a level."""
-
-    released: bool
-
-    def absorb(self, child: t.Any) -> None: ...
-
-
-_L = t.TypeVar("_L", bound=_Absorbing)
-
-
-def mark_released(
-    levels: dict[orm.SessionTransaction, _L] | None, session: orm.Session
-) -> None:
-    """At an ``after_commit`` that releases a SAVEPOINT: mark its level, which
-    its ``after_transaction_end`` hands to the enclosing level.
-    """
-    nested = session.get_nested_transaction()
-    if nested is not None and levels and nested in levels:
-        levels[nested].released = True
-
-
-def end_level(
-    levels: dict[orm.SessionTransaction, _L] | None,
-    transaction: orm.SessionTransaction,
-    new_level: t.Callable[[], _L],
-) -> _L | None:
-    """At the ``after_transaction_end`` of ``transaction``: drop its level, or,
-    for a released SAVEPOINT, fold it into the enclosing level; at the end of
-    the outermost transaction, drop whatever a rollback left behind. Returns
-    the level of ``transaction``, if it had one.
-    """
-    if not levels:
-        return None
-    level = levels.pop(transaction, None)
-    if level is not None and level.released and transaction.parent is not None:
-        parent = _level_of(transaction.parent)
-        levels.setdefault(parent, new_level()).absorb(level)
-    if transaction.parent is None:
-        levels.clear()
-    return level
-
-
-def _level_of(transaction: orm.SessionTransaction) -> orm.SessionTransaction:
-    """The SAVEPOINT or outermost transaction that ``transaction`` is part of."""
-    while not transaction.nested and transaction.parent is not None:
-        transaction = transaction.parent
-    return transaction
 
 
 def _current_level(session: orm.Session) -> _Level:

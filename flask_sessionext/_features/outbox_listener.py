@@ -33,9 +33,9 @@ from sqlalchemy.pool import NullPool
 
 from .._config.passwords import hide_passwords, mask_url
 from .._config.settings import BroadcastSettings
-from .._receivers.calls import report
 from .._sqlalchemy_private import all_registries
 from ..signals import models_committed_anywhere
+from .base import report
 from .outbox import (
     OUTBOX,
     CommittedChange,

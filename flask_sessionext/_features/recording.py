@@ -35,11 +35,10 @@ from flask import Flask, Response
 from flask.ctx import AppContext
 from sqlalchemy.engine.interfaces import ExecutionContext
 
-from .._receivers.calls import report
 from .._session.session import _current_app_context
 from ..recording import QueryRecord
 from ..signals import slow_query
-from .base import EVERY_OPERATION, Feature, Parts
+from .base import EVERY_OPERATION, Feature, Parts, report
 
 #: The attribute of ``flask.g`` that holds the app context's :class:`_Queries`.
 _QUERIES = "_sessionext_queries"
@@ -145,6 +144,14 @@ class Recorder(Feature):
             self.threshold is not None
             and next(slow_query.receivers_for(app), None) is not None
         )
+
+    def recorded(self, ctx: AppContext) -> list[QueryRecord]:
+        """The records of ``ctx``, oldest first."""
+        return _recorded(ctx)
+
+    def dropped(self, ctx: AppContext) -> int:
+        """How many records of ``ctx`` the limit dropped."""
+        return _dropped(ctx)
 
     def may_raise(self) -> bool:
         """Whether ``slow_query`` is sent and has a receiver for the app."""
@@ -429,7 +436,7 @@ def _add_server_timing(response: Response) -> Response:
     return response
 
 
-def recorded(ctx: AppContext) -> list[QueryRecord]:
+def _recorded(ctx: AppContext) -> list[QueryRecord]:
     """The records of ``ctx``, oldest first."""
     queries: _Queries | None = getattr(ctx.g, _QUERIES, None)
     if queries is None or queries.records is None:
@@ -444,7 +451,7 @@ def _record(row: _Row) -> QueryRecord:
     )
 
 
-def dropped(ctx: AppContext) -> int:
+def _dropped(ctx: AppContext) -> int:
     """How many records of ``ctx`` the limit dropped."""
     queries: _Queries | None = getattr(ctx.g, _QUERIES, None)
     if queries is None or queries.records is None:

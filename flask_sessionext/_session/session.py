@@ -11,13 +11,15 @@ from types import MethodType
 
 import sqlalchemy as sa
 import sqlalchemy.orm as orm
-from flask import has_app_context
+from flask import Flask, has_app_context
 from flask.ctx import AppContext
 from flask.globals import app_ctx
 from sqlalchemy.sql import visitors
 from werkzeug.local import LocalProxy
 
+from .._config import settings as _settings
 from .._config.settings import Settings
+from .._features.base import Feature
 from .._receivers.calls import run_operation
 from .._sqlalchemy_private import all_registries
 
@@ -336,3 +338,30 @@ def make_sessionmaker(
         bind=engines[None], class_=session_class, **settings.session_options
     )
     return maker
+
+
+class SynchronizeSession(Feature):
+    """The default ``synchronize_session`` of one app's ORM statements."""
+
+    name = "synchronize_session"
+    listens = ("do_orm_execute",)
+
+    @classmethod
+    def wanted(cls, settings: Settings) -> bool:
+        """Whether the setting is on and needs a listener to apply."""
+        return (
+            settings.synchronize_session is not None
+            and not _settings.SESSION_EXECUTION_OPTIONS
+        )
+
+    def start(self, app: Flask) -> None:
+        """Set the default on the statements of the app's sessions."""
+        synchronize = self.parts.settings.synchronize_session
+
+        def handler(state: orm.ORMExecuteState) -> None:
+            if (state.is_update or state.is_delete) and (
+                "synchronize_session" not in state.execution_options
+            ):
+                state.update_execution_options(synchronize_session=synchronize)
+
+        self.listen(self.parts.session_class, "do_orm_execute", handler)
