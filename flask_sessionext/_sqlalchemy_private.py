@@ -8,12 +8,27 @@ from __future__ import annotations
 
 import importlib
 import typing as t
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 import sqlalchemy as sa
 from sqlalchemy import orm
+from sqlalchemy.engine.base import OptionEngine, RootTransaction
 from sqlalchemy.engine.events import ConnectionEvents, DialectEvents
+
+
+class Block(t.Protocol):
+    """What a rollback block of :mod:`flask_sessionext.testing` gives the
+    connections joined to it.
+    """
+
+    @property
+    def savepoints(self) -> Iterator[int]:
+        """Numbers for the names of its SAVEPOINTs."""
+
+    @property
+    def connections(self) -> t.Any:
+        """The joined connections to close at the end of the block."""
 
 
 def all_registries() -> list[orm.registry]:
@@ -108,3 +123,86 @@ def refuse_commit(connection: sa.Connection, message: str) -> None:
 def allow_commit(connection: sa.Connection) -> None:
     """Undo :func:`refuse_commit`."""
     vars(connection).pop("commit", None)
+
+
+class JoinedConnection(sa.Connection):
+    """What ``engine.connect()`` returns during a block: a connection on the
+    outer connection's DBAPI connection, whose transaction is a SAVEPOINT in
+    the outer transaction.
+
+    Its ``begin()`` (or autobegin), ``commit()`` and ``rollback()`` emit
+    ``SAVEPOINT``, ``RELEASE SAVEPOINT`` and ``ROLLBACK TO SAVEPOINT``, so the
+    connection events report SAVEPOINTs where production reports ``BEGIN``,
+    ``COMMIT`` and ``ROLLBACK``. ``close()`` rolls back a SAVEPOINT left open,
+    and leaves the DBAPI connection to the outer connection.
+
+    This overrides ``Connection._begin_impl()``, ``_commit_impl()`` and
+    ``_rollback_impl()``, and calls the ``_*savepoint_impl()`` methods, which
+    SQLAlchemy has had since 1.x but are not public API; the tests of
+    :mod:`flask_sessionext.testing` run every one of those paths, and
+    ``tests/test_sqlalchemy_private.py`` checks that they exist.
+    """
+
+    def __init__(self, engine: JoinedEngine) -> None:
+        self._sessionext_block = engine.block
+        self._sessionext_savepoint: str | None = None
+        super().__init__(engine, engine.outer.connection, _allow_revalidate=False)
+        engine.block.connections.add(self)
+
+    def _begin_impl(self, transaction: RootTransaction) -> None:
+        name = f"sessionext_{next(self._sessionext_block.savepoints)}"
+        # The SAVEPOINT runs before the connection has a transaction, and must
+        # not autobegin one (SQLAlchemy guards its BEGIN with a private flag).
+        self._allow_autobegin = False
+        try:
+            self._sessionext_savepoint = self._savepoint_impl(name)
+        finally:
+            self._allow_autobegin = True
+
+    def _commit_impl(self) -> None:
+        name, self._sessionext_savepoint = self._sessionext_savepoint, None
+        if name is not None:
+            self._release_savepoint_impl(name)
+
+    def _rollback_impl(self) -> None:
+        name, self._sessionext_savepoint = self._sessionext_savepoint, None
+        if name is not None and self._still_open_and_dbapi_connection_is_valid:
+            self._rollback_to_savepoint_impl(name)
+            self._release_savepoint_impl(name)
+
+    def close(self) -> None:
+        """Roll back this connection's SAVEPOINT if it is still open; the DBAPI
+        connection stays with the outer connection.
+        """
+        try:
+            if self._transaction is not None:
+                self._transaction.close()
+        finally:
+            self._dbapi_connection = None
+
+
+class JoinedEngine(OptionEngine):
+    """An app's engine as :attr:`SessionExt.engine` and friends return it
+    during a block: it shares the pool, dialect, events and options of the
+    app's engine, and its :meth:`connect` returns a :class:`JoinedConnection`
+    on ``outer``. So do engines made from it by ``execution_options()``.
+    """
+
+    _connection_cls = JoinedConnection
+    outer: sa.Connection
+    block: Block
+
+    def __init__(
+        self,
+        proxied: sa.Engine,
+        execution_options: Mapping[str, t.Any],
+        joined: tuple[sa.Connection, Block] | None = None,
+    ) -> None:
+        super().__init__(proxied, execution_options)
+        if joined is None:
+            assert isinstance(proxied, JoinedEngine)
+            joined = (proxied.outer, proxied.block)
+        self.outer, self.block = joined
+
+
+JoinedEngine._option_cls = JoinedEngine

@@ -14,14 +14,15 @@ import itertools
 import typing as t
 import warnings
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 
 import blinker
 import sqlalchemy as sa
 import sqlalchemy.orm as orm
 from flask import Flask
-from sqlalchemy.engine.base import OptionEngine, RootTransaction
+
+from ._sqlalchemy_private import JoinedConnection, JoinedEngine
 
 if t.TYPE_CHECKING:
     from ._runtime import Runtime
@@ -42,7 +43,7 @@ class _Block:
 
     def __init__(self) -> None:
         self.sessions: weakref.WeakSet[orm.Session] = weakref.WeakSet()
-        self.connections: weakref.WeakSet[_JoinedConnection] = weakref.WeakSet()
+        self.connections: weakref.WeakSet[sa.Connection] = weakref.WeakSet()
         self.savepoints = itertools.count(1)
 
     def track(
@@ -93,88 +94,6 @@ class _OuterConnection(sa.Connection):
         )
 
 
-class _JoinedConnection(sa.Connection):
-    """What ``engine.connect()`` returns during a block: a connection on the
-    outer connection's DBAPI connection, whose transaction is a SAVEPOINT in
-    the outer transaction.
-
-    Its ``begin()`` (or autobegin), ``commit()`` and ``rollback()`` emit
-    ``SAVEPOINT``, ``RELEASE SAVEPOINT`` and ``ROLLBACK TO SAVEPOINT``, so the
-    connection events report SAVEPOINTs where production reports ``BEGIN``,
-    ``COMMIT`` and ``ROLLBACK``. ``close()`` rolls back a SAVEPOINT left open,
-    and leaves the DBAPI connection to the outer connection.
-
-    This overrides ``Connection._begin_impl()``, ``_commit_impl()`` and
-    ``_rollback_impl()``, and calls the ``_*savepoint_impl()`` methods, which
-    SQLAlchemy has had since 1.x but are not public API; the tests of this
-    module run every one of those paths.
-    """
-
-    def __init__(self, engine: _JoinedEngine) -> None:
-        self._sessionext_block = engine.block
-        self._sessionext_savepoint: str | None = None
-        super().__init__(engine, engine.outer.connection, _allow_revalidate=False)
-        engine.block.connections.add(self)
-
-    def _begin_impl(self, transaction: RootTransaction) -> None:
-        name = f"sessionext_{next(self._sessionext_block.savepoints)}"
-        # The SAVEPOINT runs before the connection has a transaction, and must
-        # not autobegin one (SQLAlchemy guards its BEGIN with a private flag).
-        self._allow_autobegin = False
-        try:
-            self._sessionext_savepoint = self._savepoint_impl(name)
-        finally:
-            self._allow_autobegin = True
-
-    def _commit_impl(self) -> None:
-        name, self._sessionext_savepoint = self._sessionext_savepoint, None
-        if name is not None:
-            self._release_savepoint_impl(name)
-
-    def _rollback_impl(self) -> None:
-        name, self._sessionext_savepoint = self._sessionext_savepoint, None
-        if name is not None and self._still_open_and_dbapi_connection_is_valid:
-            self._rollback_to_savepoint_impl(name)
-            self._release_savepoint_impl(name)
-
-    def close(self) -> None:
-        """Roll back this connection's SAVEPOINT if it is still open; the DBAPI
-        connection stays with the outer connection.
-        """
-        try:
-            if self._transaction is not None:
-                self._transaction.close()
-        finally:
-            self._dbapi_connection = None
-
-
-class _JoinedEngine(OptionEngine):
-    """An app's engine as :attr:`SessionExt.engine` and friends return it
-    during a block: it shares the pool, dialect, events and options of the
-    app's engine, and its :meth:`connect` returns a :class:`_JoinedConnection`
-    on ``outer``. So do engines made from it by ``execution_options()``.
-    """
-
-    _connection_cls = _JoinedConnection
-    outer: sa.Connection
-    block: _Block
-
-    def __init__(
-        self,
-        proxied: sa.Engine,
-        execution_options: Mapping[str, t.Any],
-        joined: tuple[sa.Connection, _Block] | None = None,
-    ) -> None:
-        super().__init__(proxied, execution_options)
-        if joined is None:
-            assert isinstance(proxied, _JoinedEngine)
-            joined = (proxied.outer, proxied.block)
-        self.outer, self.block = joined
-
-
-_JoinedEngine._option_cls = _JoinedEngine
-
-
 def _get_state(app: Flask) -> Runtime:
     state: Runtime | None = app.extensions.get("sessionext")
     if state is None:
@@ -187,7 +106,7 @@ def _get_state(app: Flask) -> Runtime:
 
 def _warn_uncovered(conn: sa.Connection) -> None:
     """``engine_connect`` handler of the app's own engines during a block."""
-    if not isinstance(conn, (_OuterConnection, _JoinedConnection)):
+    if not isinstance(conn, (_OuterConnection, JoinedConnection)):
         warnings.warn(_UNCOVERED, stacklevel=2)
 
 
@@ -245,7 +164,7 @@ def rollback(app: Flask) -> Iterator[Flask]:
             outer = stack.enter_context(_OuterConnection(engine))  # rolls back on close
             outer.begin()
             outers[key] = outer
-            engines[key] = _JoinedEngine(engine, {}, (outer, block))
+            engines[key] = JoinedEngine(engine, {}, (outer, block))
         stack.enter_context(state.join_transactions(outers, engines))
         listeners: list[tuple[t.Any, str, t.Callable[..., None]]] = [
             (state.session_class, "after_begin", block.track),

@@ -105,3 +105,36 @@ def test_connection_commit_refused_per_instance(
     db.session.commit()
     allow_commit(connection)
     assert "commit" not in vars(connection)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "_begin_impl",
+        "_commit_impl",
+        "_rollback_impl",
+        "_savepoint_impl",
+        "_release_savepoint_impl",
+        "_rollback_to_savepoint_impl",
+        "_allow_autobegin",
+        "_still_open_and_dbapi_connection_is_valid",
+        "_transaction",
+        "_dbapi_connection",
+    ],
+)
+def test_joined_connection_names(name: str) -> None:
+    """``Connection`` still has the private methods and attributes that
+    ``JoinedConnection`` overrides or calls, and ``Engine`` the connection
+    and option classes that ``JoinedEngine`` replaces.
+    """
+    slots_and_attrs = set(dir(sa.Connection)) | set(
+        getattr(sa.Connection, "__slots__", ())
+    )
+    assert (
+        name in slots_and_attrs or name in sa.Connection.__init__.__code__.co_names
+    ), (
+        f"SQLAlchemy's Connection no longer has {name!r}: update"
+        " flask_sessionext._sqlalchemy_private.JoinedConnection"
+    )
+    assert "_connection_cls" in vars(sa.Engine)
+    assert "_option_cls" in vars(sa.Engine)
