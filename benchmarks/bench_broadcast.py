@@ -179,10 +179,7 @@ def _publisher(
         received.extend((change.primary_key[0], now) for change in changes)
 
     models_committed_anywhere.connect(on_change, sender=app)
-    broadcast = app.extensions["sessionext"].broadcast
-    from flask_sessionext._outbox_listener import listener_of
-
-    listener = listener_of(broadcast.engine, broadcast.settings)
+    listener = app.extensions["sessionext"].broadcast.listener
     assert listener is not None
     assert listener.connected.wait(30)
     ready.release()

@@ -20,7 +20,7 @@ from flask import Flask
 
 from flask_sessionext import CommittedChange, SessionExt, signals
 from flask_sessionext._outbox import decode, outbox_table, utcnow
-from flask_sessionext._outbox_listener import OutboxListener, listener_of
+from flask_sessionext._outbox_listener import OutboxListener
 from flask_sessionext._settings import BroadcastSettings, read_settings
 from flask_sessionext.signals import before_models_committed, models_committed_anywhere
 
@@ -64,8 +64,7 @@ def broadcast_app(app: Flask) -> Iterator[tuple[Flask, SessionExt]]:
 
 def the_listener(app: Flask) -> OutboxListener:
     """The running listener of ``app``'s outbox, once it is up to date."""
-    broadcast = app.extensions["sessionext"].broadcast
-    listener = listener_of(broadcast.engine, broadcast.settings)
+    listener: OutboxListener | None = app.extensions["sessionext"].broadcast.listener
     assert listener is not None
     assert listener.connected.wait(10), "the listener did not connect"
     return listener
@@ -244,7 +243,7 @@ def test_no_listener_while_nobody_receives(tmp_path: Path) -> None:
     assert runtime_on.listeners.count(runtime_on.session_class) == 4
     assert runtime_off.listeners.count(runtime_off.session_class) == 0
     broadcast = runtime_on.broadcast
-    assert listener_of(broadcast.engine, broadcast.settings) is None
+    assert broadcast.listener is None
     assert not [
         thread
         for thread in threading.enumerate()

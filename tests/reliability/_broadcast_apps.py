@@ -28,7 +28,6 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from flask_sessionext import CommittedChange, SessionExt
 from flask_sessionext._outbox import outbox_table
-from flask_sessionext._outbox_listener import listener_of
 from flask_sessionext.signals import models_committed_anywhere
 
 #: The environment variable holding the database URL.
@@ -78,7 +77,7 @@ def wait_until_listening(app: Flask, timeout: float = 15.0) -> None:
     broadcast = app.extensions["sessionext"].broadcast
     deadline = time.monotonic() + timeout
     while True:
-        listener = listener_of(broadcast.engine, broadcast.settings)
+        listener = broadcast.listener
         if listener is not None and listener.connected.wait(0.05):
             return
         if time.monotonic() > deadline:
@@ -137,7 +136,7 @@ def create_app() -> Flask:
     def report() -> t.Any:
         time.sleep(0.05)
         broadcast = app.extensions["sessionext"].broadcast
-        listener = listener_of(broadcast.engine, broadcast.settings)
+        listener = broadcast.listener
         listening = listener is not None and listener.connected.is_set()
         with _received_lock:
             return jsonify(pid=os.getpid(), received=received, listening=listening)

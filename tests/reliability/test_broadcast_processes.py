@@ -25,7 +25,7 @@ from flask import Flask
 
 from flask_sessionext import CommittedChange, SessionExt
 from flask_sessionext._outbox import outbox_table
-from flask_sessionext._outbox_listener import APPLICATION_NAME, listener_of
+from flask_sessionext._outbox_listener import APPLICATION_NAME
 from flask_sessionext.signals import models_committed_anywhere
 
 from ._broadcast_apps import DATABASE_ENV, SETTINGS, Base, Note
@@ -223,7 +223,7 @@ def test_forked_child_listens_on_its_own_connection(
     try:
         with models_committed_anywhere.connected_to(receiver, app):
             broadcast = app.extensions["sessionext"].broadcast
-            listener = listener_of(broadcast.engine, broadcast.settings)
+            listener = broadcast.listener
             assert listener is not None
             assert listener.connected.wait(10)
             parent_backend = listeners(postgres_url)[os.getpid()]
@@ -232,7 +232,7 @@ def test_forked_child_listens_on_its_own_connection(
                 before = len(received)
                 with app.app_context():  # starts the child's listener
                     pass
-                own = listener_of(broadcast.engine, broadcast.settings)
+                own = broadcast.listener
                 assert own is not None
                 assert own.connected.wait(10)
                 commit()
