@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 import typing as t
 import warnings
 
@@ -56,11 +58,25 @@ class Forked:
         self.pid = pid
         self._read_end = read_end
 
-    def result(self) -> str:
+    def result(self, timeout: float = 60.0) -> str:
         """Wait for the child to exit, and return the text its function
-        returned; the child must have exited successfully.
+        returned; the child must have exited successfully within ``timeout``
+        seconds, or it is killed and the test fails instead of hanging.
         """
-        _, status = os.waitpid(self.pid, 0)
+        deadline = time.monotonic() + timeout
+        while True:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.monotonic() > deadline:
+                os.kill(self.pid, signal.SIGKILL)
+                os.waitpid(self.pid, 0)
+                os.close(self._read_end)
+                raise AssertionError(
+                    f"the forked process {self.pid} did not exit within"
+                    f" {timeout} s: it hangs"
+                )
+            time.sleep(0.01)
         with os.fdopen(self._read_end) as pipe:
             text = pipe.read()
         assert os.waitstatus_to_exitcode(status) == 0

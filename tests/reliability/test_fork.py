@@ -1,10 +1,24 @@
-"""A forked child never uses a pooled connection of its parent."""
+"""A forked child never uses a pooled connection of its parent, and forks
+again without hanging, with a listener of its own.
+"""
 
 from __future__ import annotations
 
-import sqlalchemy as sa
+import json
+import multiprocessing
+import os
+import time
+import warnings
 
+import sqlalchemy as sa
+from flask import Flask
+
+from flask_sessionext import CommittedChange, SessionExt
+from flask_sessionext.signals import models_committed_anywhere
+
+from ._broadcast_apps import SETTINGS, Note
 from ._webapp import MakeApp
+from .test_broadcast_processes import committed, fresh_tables
 from helpers import fork
 
 QUERIES = 50
@@ -39,3 +53,89 @@ def test_forked_child_opens_its_own_connections(
     assert str(parent_backend) not in child_backends.split(",")
     with app.app_context():
         assert db.session.scalar(BACKEND_PID) == parent_backend
+
+
+#: What ``models_committed_anywhere`` sent a process: (sequence, local).
+Received = list[tuple[int, bool]]
+#: The app, its extension and its receiver's list in a process that starts a
+#: ``multiprocessing`` pool: the pool's processes, forked, find them here.
+_pooled: tuple[Flask, SessionExt, Received] | None = None
+
+
+def commit_and_receive(app: Flask, db: SessionExt, received: Received) -> Received:
+    """In this process: push an app context (which starts this process's
+    listener, if it has none), commit a note once the listener is up to date,
+    and wait until its publication arrives; what arrived meanwhile.
+    """
+    before = len(received)
+    with app.app_context():
+        listener = app.extensions["sessionext"].broadcast.listener
+        assert listener is not None
+        assert listener.pid == os.getpid()
+        assert listener.connected.wait(10), "the listener did not start"
+        db.session.add(Note(origin=os.getpid()))
+        db.session.commit()
+    deadline = time.monotonic() + 10
+    while not any(local for _, local in received[before:]):
+        assert time.monotonic() < deadline, f"received {received[before:]}"
+        time.sleep(0.01)
+    return received[before:]
+
+
+def _pool_task(_: int) -> Received:
+    """A task of the pool: :func:`commit_and_receive` in its process."""
+    assert _pooled is not None
+    return commit_and_receive(*_pooled)
+
+
+def test_forks_of_forks_with_broadcast_receivers(
+    make_app: MakeApp, postgres_url: str
+) -> None:
+    """A child forked from a process with a ``models_committed_anywhere``
+    receiver forks again, with ``os.fork()`` and with a ``fork`` pool of
+    ``multiprocessing``, without hanging; every process starts a listener of
+    its own and receives its own publication, and the first process receives
+    each publication exactly once, in order.
+    """
+    fresh_tables(postgres_url)
+    # Only the notes: the app publishes no row of its own set-up.
+    broadcast = {**SETTINGS, "models": [Note]}
+    app, db = make_app(postgres_url, SESSIONEXT_BROADCAST=broadcast)
+    received: Received = []
+
+    def receiver(
+        sender: Flask, changes: list[CommittedChange], local: bool, sequence: int
+    ) -> None:
+        received.append((sequence, local))
+
+    def child() -> str:
+        global _pooled
+        own = commit_and_receive(app, db, received)
+        grandchild = fork(lambda: json.dumps(commit_and_receive(app, db, received)))
+        forked: Received = json.loads(grandchild.result(timeout=30))
+        _pooled = (app, db, received)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # see fork()
+            pool = multiprocessing.get_context("fork").Pool(2)
+        with pool:
+            pooled = pool.map_async(_pool_task, range(2)).get(timeout=30)
+        return json.dumps([own, forked, *pooled])
+
+    with models_committed_anywhere.connected_to(receiver, app):
+        listener = app.extensions["sessionext"].broadcast.listener
+        assert listener is not None
+        assert listener.connected.wait(10)
+        reports = [
+            [(sequence, local) for sequence, local in report]
+            for report in json.loads(fork(child).result(timeout=90))
+        ]
+        reports.append(commit_and_receive(app, db, received))
+    ids, notes = committed(postgres_url)
+    assert len(ids) == len(notes) == 5
+    assert received == [(i, i == ids[-1]) for i in ids]
+    local = []
+    for report in reports:
+        sequences = [sequence for sequence, _ in report]
+        assert sequences == sorted(set(sequences)), f"not once, in order: {report}"
+        local += [sequence for sequence, is_local in report if is_local]
+    assert sorted(local) == ids, "each publication is local to one process"
