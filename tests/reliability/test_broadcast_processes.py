@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 from flask import Flask
 
@@ -366,6 +367,59 @@ def test_gunicorn_workers_and_another_machine(
         f" {result['published']} from another process), each received once by"
         f" all 3 processes"
     )
+
+
+@pytest.mark.parametrize(
+    "app_spec",
+    [
+        "reliability._broadcast_apps:create_app()",
+        "reliability._gevent_patched_app:create_app()",
+    ],
+    ids=["patched-by-the-worker", "patched-before-the-app"],
+)
+def test_gunicorn_gevent_workers(
+    postgres_url: str, tmp_path: Path, app_spec: str
+) -> None:
+    """Under gunicorn ``-k gevent --preload`` with 2 workers, whether gevent
+    patches in the worker (after the master loaded the app) or before the app
+    loads, every request is answered and each worker receives every
+    publication exactly once, in order, on a listener connection of its own.
+    """
+    fresh_tables(postgres_url)
+    port = free_port()
+    log = tmp_path / "gunicorn.log"
+    args = ["gunicorn", "--preload", "--workers", "2", "--worker-class", "gevent"]
+    args += ["--bind", f"127.0.0.1:{port}", "--graceful-timeout", "5"]
+    args += ["--timeout", "20", app_spec]
+    with running(args, {DATABASE_ENV: postgres_url}, log) as master:
+        wait_for_http(master, port, log)
+        workers = set(each_worker(port, 2))
+        assert master.pid not in workers
+        deadline = time.monotonic() + 15
+        while not all(each_worker(port, 2, listening=True).values()):
+            assert time.monotonic() < deadline, f"not listening:\n{log_tail(log)}"
+        with ThreadPoolExecutor(8) as pool:
+            commits = list(pool.map(lambda _: get(port, "/commit"), range(40)))
+        assert all(body["ok"] for body in commits)
+        ids, notes = committed(postgres_url)
+        deadline = time.monotonic() + 15
+        while True:
+            answers = each_worker(port, 2)
+            if all(r and r[-1][0] == ids[-1] for r in answers.values()):
+                break
+            assert time.monotonic() < deadline, (
+                f"the workers did not catch up with {ids[-1]}:"
+                f" { {pid: r[-3:] for pid, r in answers.items()} }\n{log_tail(log)}"
+            )
+            time.sleep(0.1)
+        backends = listeners(postgres_url)
+    assert len(ids) == len(commits) == 40
+    assert set(answers) == workers
+    for received in answers.values():
+        check_received(received, ids, notes)
+    assert len({backends[pid] for pid in workers}) == 2, backends
+    local = sum(1 for received in answers.values() for r in received if r[1])
+    assert local == len(commits)
 
 
 def test_sqlite_processes_on_one_machine(tmp_path: Path) -> None:
