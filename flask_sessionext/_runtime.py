@@ -14,6 +14,7 @@ each feature sends, needs and defers.
 from __future__ import annotations
 
 import dataclasses
+import os
 import threading
 import typing as t
 import weakref
@@ -167,9 +168,8 @@ class Runtime:
         #: Whether a listener of a receiver's is installed, whose receiver
         #: may be garbage-collected unseen (see :meth:`collect`).
         self._watching = False
-        # Re-entrant: a receiver connected by code that a refresh runs (a
-        # listener firing during an install) refreshes again, on this thread.
-        self._lock = threading.RLock()
+        #: The lock of :meth:`refresh`, by process id (see :meth:`_lock`).
+        self._locks: dict[int, t.ContextManager[bool]] = {}
 
     def start(self, app: Flask) -> None:
         """Subscribe to receiver changes, turn on query recording as the
@@ -200,7 +200,7 @@ class Runtime:
         (Blinker says nothing of those), so it runs at every connect and
         disconnect of any signal, and (see :meth:`collect`) at teardown.
         """
-        with self._lock:
+        with self._lock():
             self.bridge.refresh()
             self.changes.refresh()
             if self.broadcast is not None:
@@ -217,6 +217,25 @@ class Runtime:
             self._watching = bool(self.bridge.installed or self.changes.installed)
             if self.session_class._sessionext_deferring != raises_after:
                 self.session_class._sessionext_deferring = raises_after
+
+    def _lock(self) -> t.ContextManager[bool]:
+        """The lock of :meth:`refresh` in this process.
+
+        Each process makes its own at its first refresh: a forked child
+        never waits for one that a thread of its parent held at the fork,
+        and under gevent it is made once the process is patched. A process
+        claims it with one ``setdefault``, atomic without a lock. Re-entrant:
+        a receiver connected by code that a refresh runs (a listener firing
+        during an install) refreshes again, on the same thread.
+        """
+        pid = os.getpid()
+        lock = self._locks.get(pid)
+        if lock is None:
+            lock = self._locks.setdefault(pid, threading.RLock())
+            for other in list(self._locks):
+                if other != pid:  # the parent's
+                    self._locks.pop(other, None)
+        return lock
 
     def _slow_query_receivers(self) -> bool:
         app = self.app()

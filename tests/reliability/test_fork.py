@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import threading
 import time
 import warnings
 
@@ -14,10 +15,10 @@ import sqlalchemy as sa
 from flask import Flask
 
 from flask_sessionext import CommittedChange, SessionExt
-from flask_sessionext.signals import models_committed_anywhere
+from flask_sessionext.signals import models_committed, models_committed_anywhere
 
 from ._broadcast_apps import SETTINGS, Note
-from ._webapp import MakeApp
+from ._webapp import MakeApp, Write
 from .test_broadcast_processes import committed, fresh_tables
 from helpers import fork
 
@@ -139,3 +140,37 @@ def test_forks_of_forks_with_broadcast_receivers(
         assert sequences == sorted(set(sequences)), f"not once, in order: {report}"
         local += [sequence for sequence, is_local in report if is_local]
     assert sorted(local) == ids, "each publication is local to one process"
+
+
+def test_fork_while_a_thread_refreshes(make_app: MakeApp, postgres_url: str) -> None:
+    """A child forked while a thread of its parent holds the app's refresh
+    lock (as it does while a receiver connects) connects and disconnects
+    receivers without waiting for that thread, which the child does not have.
+    """
+    app, db = make_app(postgres_url)
+    runtime = app.extensions["sessionext"]
+    inside, release = threading.Event(), threading.Event()
+
+    def refreshing() -> None:
+        with runtime._lock():
+            inside.set()
+            release.wait(30)
+
+    def receiver(sender: Flask, **kwargs: object) -> None:
+        pass
+
+    def child() -> str:
+        with models_committed.connected_to(receiver, app), app.app_context():
+            db.session.add(Write(rid=1, n=1, token="child"))
+            db.session.commit()
+        return "ok"
+
+    thread = threading.Thread(target=refreshing)
+    thread.start()
+    try:
+        assert inside.wait(10)
+        forked = fork(child)
+    finally:
+        release.set()
+        thread.join(10)
+    assert forked.result(timeout=30) == "ok"
