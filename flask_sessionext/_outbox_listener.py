@@ -42,6 +42,7 @@ import atexit
 import logging
 import os
 import select
+import sys
 import threading
 import typing as t
 import uuid
@@ -106,6 +107,10 @@ def _after_fork_in_child() -> None:
     global _origin
     _origin = uuid.uuid4().hex
     for run in list(_running):
+        if run.greenlet is not None:
+            # Thrown in when the child's hub first runs, before the greenlet
+            # could resume any wait on a socket it shares with the parent.
+            run.greenlet.kill(block=False)
         if run.connection is not None:
             _detach(run.connection)
             _inherited.append(run.connection)
@@ -135,7 +140,15 @@ atexit.register(_stop_all)
 class _Run:
     """One start of a listener, in the process that started it."""
 
-    __slots__ = ("__weakref__", "connection", "pid", "poll_engine", "stop", "thread")
+    __slots__ = (
+        "__weakref__",
+        "connection",
+        "greenlet",
+        "pid",
+        "poll_engine",
+        "stop",
+        "thread",
+    )
 
     def __init__(self) -> None:
         #: The process that started it.
@@ -146,6 +159,8 @@ class _Run:
         #: The engine it polls with, where it polls.
         self.poll_engine: sa.Engine | None = None
         self.thread: threading.Thread | None = None
+        #: The gevent greenlet of its thread, when gevent patched threading.
+        self.greenlet: t.Any = None
 
     def current(self) -> bool:
         """Whether its loop goes on: not stopped, and in its own process."""
@@ -223,6 +238,7 @@ class OutboxListener:
         return run.current() and self.app() is not None
 
     def _run(self, run: _Run) -> None:
+        run.greenlet = _gevent_greenlet()
         try:
             while self._live(run):
                 try:
@@ -263,6 +279,8 @@ class OutboxListener:
         """
         connection = run.connection = self._connect()
         try:
+            if not run.current():  # e.g. a greenlet of the parent's
+                return
             channel = self.channel
             connection.execute(f'LISTEN "{channel}"')
 
@@ -488,3 +506,14 @@ def _wait_readable(fd: int, timeout: float) -> None:
     poller = select.poll()
     poller.register(fd, select.POLLIN)
     poller.poll(int(timeout * 1000))
+
+
+def _gevent_greenlet() -> t.Any:
+    """The gevent greenlet that runs this thread, once gevent has patched
+    ``threading``: unlike a thread, it survives a fork.
+    """
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is None or not monkey.is_module_patched("threading"):
+        return None
+    current = sys.modules["gevent"].getcurrent()
+    return current if hasattr(current, "kill") else None
