@@ -40,12 +40,17 @@ def checked_out(engine: sa.Engine) -> int:
     return t.cast(QueuePool, engine.pool).checkedout()
 
 
-def run_python(code: str) -> str:
+def run_python(code: str, timeout: float = 60.0) -> str:
     """Run ``code`` in a new interpreter of this environment; its standard
-    output. Fails the test with the standard error when it exits non-zero.
+    output. Fails the test with the standard error when it exits non-zero,
+    and when it runs longer than ``timeout`` seconds.
     """
     result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=False
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=timeout,
     )
     assert result.returncode == 0, result.stderr
     return result.stdout

@@ -26,14 +26,14 @@ from flask import Flask
 
 from flask_sessionext import CommittedChange, SessionExt
 from flask_sessionext._outbox import outbox_table
-from flask_sessionext._outbox_listener import APPLICATION_NAME
+from flask_sessionext._outbox_listener import APPLICATION_NAME, WAIT
 from flask_sessionext.signals import models_committed_anywhere
 
 from ._broadcast_apps import DATABASE_ENV, SETTINGS, Base, Note
 from ._webapp import free_port
 from .test_prefork_servers import TESTS_DIR, log_tail, running, wait_for_http
 from _postgres import PostgresServer
-from helpers import fork
+from helpers import fork, run_python
 
 #: Lists the listener connections: (client process id, server process id).
 LISTENERS = sa.text(
@@ -420,6 +420,62 @@ def test_gunicorn_gevent_workers(
     assert len({backends[pid] for pid in workers}) == 2, backends
     local = sum(1 for received in answers.values() for r in received if r[1])
     assert local == len(commits)
+
+
+def test_gevent_fork_stops_the_parents_listener_greenlet(postgres_url: str) -> None:
+    """In a process patched by gevent, a child forked while the listener
+    greenlet waits on its connection never runs that greenlet again, starts
+    its own listener, and receives its own publication exactly once.
+    """
+    fresh_tables(postgres_url)
+    code = f"""
+from gevent import monkey
+monkey.patch_all()
+import json, os, sys, time
+import gevent
+sys.path.insert(0, {TESTS_DIR!r})
+from flask import Flask
+from flask_sessionext import SessionExt
+from flask_sessionext.signals import models_committed_anywhere
+from reliability._broadcast_apps import SETTINGS, Note
+app = Flask("gevent_fork")
+app.config.update(SESSIONEXT_BROADCAST=SETTINGS)
+app.config.update(SESSIONEXT_DATABASE_URI={postgres_url!r})
+db = SessionExt(app)
+received = []
+def receiver(sender, changes, local, sequence):
+    received.append((sequence, local))
+models_committed_anywhere.connect(receiver, app)
+parent = app.extensions["sessionext"].broadcast.listener
+assert parent.connected.wait(10)
+gevent.sleep(0.1)  # the listener greenlet now waits on its connection
+stale = parent._run_state.greenlet
+pid = os.fork()
+if pid == 0:
+    with app.app_context():
+        db.session.add(Note(origin=os.getpid()))
+        db.session.commit()
+    deadline = time.monotonic() + 10
+    while not received and time.monotonic() < deadline:
+        gevent.sleep(0.01)
+    gevent.sleep(WAIT + 0.5)  # a stale greenlet would have woken by now
+    own = app.extensions["sessionext"].broadcast.listener
+    print(json.dumps(dict(received=received, stale_dead=stale.dead,
+                          own_is_new=own is not parent, delivered=own.delivered)))
+    sys.stdout.flush()
+    os._exit(0)
+_, status = os.waitpid(pid, 0)
+assert os.waitstatus_to_exitcode(status) == 0, status
+assert parent.connected.is_set() and not stale.dead
+""".replace("WAIT", str(WAIT))
+    report = json.loads(run_python(code, timeout=60).strip().splitlines()[-1])
+    ids, _ = committed(postgres_url)
+    assert report == {
+        "received": [[ids[0], True]],
+        "stale_dead": True,
+        "own_is_new": True,
+        "delivered": 1,
+    }
 
 
 def test_sqlite_processes_on_one_machine(tmp_path: Path) -> None:
