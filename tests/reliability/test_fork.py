@@ -10,11 +10,13 @@ import os
 import threading
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import sqlalchemy as sa
 from flask import Flask
 
 from flask_sessionext import CommittedChange, SessionExt
+from flask_sessionext._outbox_listener import APPLICATION_NAME
 from flask_sessionext.signals import models_committed, models_committed_anywhere
 
 from ._broadcast_apps import SETTINGS, Note
@@ -174,3 +176,42 @@ def test_fork_while_a_thread_refreshes(make_app: MakeApp, postgres_url: str) -> 
         release.set()
         thread.join(10)
     assert forked.result(timeout=30) == "ok"
+
+
+def test_first_contexts_of_a_child_start_one_listener(
+    make_app: MakeApp, postgres_url: str
+) -> None:
+    """In a child forked from a process with a ``models_committed_anywhere``
+    receiver, 8 threads pushing their first app contexts at once start one
+    listener, and one thread, of the child's own.
+    """
+    fresh_tables(postgres_url)
+    app, _ = make_app(postgres_url, SESSIONEXT_BROADCAST={**SETTINGS, "models": [Note]})
+
+    def receiver(sender: Flask, **kwargs: object) -> None:
+        pass
+
+    def child() -> str:
+        barrier = threading.Barrier(8)
+
+        def first_context(_: int) -> object:
+            barrier.wait(10)
+            with app.app_context():
+                return app.extensions["sessionext"].broadcast.listener
+
+        with ThreadPoolExecutor(8) as pool:
+            found = set(map(id, pool.map(first_context, range(8))))
+        threads = [
+            thread.name
+            for thread in threading.enumerate()
+            if thread.name.startswith(APPLICATION_NAME)
+        ]
+        return json.dumps([len(found), threads])
+
+    with models_committed_anywhere.connected_to(receiver, app):
+        parent = app.extensions["sessionext"].broadcast.listener
+        assert parent is not None
+        assert parent.connected.wait(10)
+        listeners, threads = json.loads(fork(child).result(timeout=30))
+    assert listeners == 1
+    assert len(threads) == 1, threads
