@@ -180,11 +180,10 @@ def _publisher(
 
     models_committed_anywhere.connect(on_change, sender=app)
     from flask_sessionext._features.broadcast import Broadcast
-    from flask_sessionext._features.outbox_listener import listener_of
 
     broadcast = app.extensions["sessionext"].feature(Broadcast)
 
-    listener = listener_of(broadcast.engine, broadcast.settings)
+    listener = broadcast.listener
     assert listener is not None
     assert listener.connected.wait(30)
     ready.release()

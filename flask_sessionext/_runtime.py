@@ -31,6 +31,7 @@ from sqlalchemy.util import ScopedRegistry
 
 from ._config.settings import Settings, commit_on_teardown
 from ._engines.engines import create_engines, prepare_engines
+from ._engines.fork_safety import process_lock
 from ._engines.listeners import Listeners
 from ._engines.liveness import Liveness
 from ._engines.sqlite_transactions import SqliteTransactions
@@ -118,9 +119,10 @@ class Runtime:
         self._receiving: frozenset[str] = frozenset()
         #: How many times :meth:`refresh` ran, for tests of its cost.
         self.refreshes = 0
-        # Re-entrant: a receiver connected by code that a refresh runs (a
-        # listener firing during an install) refreshes again, on this thread.
-        self._lock = threading.RLock()
+        #: The lock of :meth:`refresh` by process id (see ``process_lock``).
+        #: Re-entrant: a receiver connected by code that a refresh runs (a
+        #: listener firing during an install) refreshes again, on this thread.
+        self._locks: dict[int, threading.RLock] = {}
 
     def feature(self, cls: type[_F]) -> _F:
         """The app's feature of class ``cls``.
@@ -176,7 +178,7 @@ class Runtime:
         app = self.app()
         if app is None:
             return
-        with self._lock:
+        with process_lock(self._locks):
             self.refreshes += 1
             for feature in self.features:
                 feature.refresh(app)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 import typing as t
 import warnings
 
@@ -38,12 +40,17 @@ def checked_out(engine: sa.Engine) -> int:
     return t.cast(QueuePool, engine.pool).checkedout()
 
 
-def run_python(code: str) -> str:
+def run_python(code: str, timeout: float = 60.0) -> str:
     """Run ``code`` in a new interpreter of this environment; its standard
-    output. Fails the test with the standard error when it exits non-zero.
+    output. Fails the test with the standard error when it exits non-zero,
+    and when it runs longer than ``timeout`` seconds.
     """
     result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=False
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=timeout,
     )
     assert result.returncode == 0, result.stderr
     return result.stdout
@@ -56,11 +63,25 @@ class Forked:
         self.pid = pid
         self._read_end = read_end
 
-    def result(self) -> str:
+    def result(self, timeout: float = 60.0) -> str:
         """Wait for the child to exit, and return the text its function
-        returned; the child must have exited successfully.
+        returned; the child must have exited successfully within ``timeout``
+        seconds, or it is killed and the test fails instead of hanging.
         """
-        _, status = os.waitpid(self.pid, 0)
+        deadline = time.monotonic() + timeout
+        while True:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.monotonic() > deadline:
+                os.kill(self.pid, signal.SIGKILL)
+                os.waitpid(self.pid, 0)
+                os.close(self._read_end)
+                raise AssertionError(
+                    f"the forked process {self.pid} did not exit within"
+                    f" {timeout} s: it hangs"
+                )
+            time.sleep(0.01)
         with os.fdopen(self._read_end) as pipe:
             text = pipe.read()
         assert os.waitstatus_to_exitcode(status) == 0

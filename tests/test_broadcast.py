@@ -6,13 +6,16 @@ process receives it, and the outbox commands.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 import typing as t
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
+from types import FrameType
 
 import pytest
 import sqlalchemy as sa
@@ -22,11 +25,13 @@ from flask_sessionext import CommittedChange, SessionExt, signals
 from flask_sessionext._config.settings import BroadcastSettings, read_settings
 from flask_sessionext._features.broadcast import Broadcast
 from flask_sessionext._features.outbox import decode, outbox_table, utcnow
-from flask_sessionext._features.outbox_listener import OutboxListener, listener_of
+from flask_sessionext._features.outbox_listener import OutboxListener
 from flask_sessionext.signals import before_models_committed, models_committed_anywhere
 
 from models import Base, Item, OtherBase, User
 
+#: The types of the locks of ``threading``.
+LOCKS = (type(threading.Lock()), type(threading.RLock()))
 #: What a receiver of ``models_committed_anywhere`` got: sequence, local, changes.
 Received = tuple[int, bool, list[CommittedChange]]
 
@@ -65,8 +70,8 @@ def broadcast_app(app: Flask) -> Iterator[tuple[Flask, SessionExt]]:
 
 def the_listener(app: Flask) -> OutboxListener:
     """The running listener of ``app``'s outbox, once it is up to date."""
-    broadcast = app.extensions["sessionext"].feature(Broadcast)
-    listener = listener_of(broadcast.engine, broadcast.settings)
+    broadcast: Broadcast = app.extensions["sessionext"].feature(Broadcast)
+    listener = broadcast.listener
     assert listener is not None
     assert listener.connected.wait(10), "the listener did not connect"
     return listener
@@ -246,12 +251,58 @@ def test_no_listener_while_nobody_receives(tmp_path: Path) -> None:
     assert runtime_on.listeners.count(runtime_on.session_class) == 4
     assert runtime_off.listeners.count(runtime_off.session_class) == 0
     broadcast = runtime_on.feature(Broadcast)
-    assert listener_of(broadcast.engine, broadcast.settings) is None
+    assert broadcast.listener is None
     assert not [
         thread
         for thread in threading.enumerate()
         if thread.name.startswith("sessionext-broadcast sqlite://")
     ]
+
+
+def test_requests_start_no_listener_and_take_no_lock(
+    broadcast_app: tuple[Flask, SessionExt],
+) -> None:
+    """With a receiver of ``models_committed_anywhere`` and its listener
+    running, 100 requests and 100 app contexts run, of the broadcast, only
+    its process id check, once per app context, and neither start a listener
+    nor call a lock or any code of ``threading``.
+    """
+    app, _ = broadcast_app
+    called: Counter[str] = Counter()
+
+    def profile(frame: FrameType, event: str, arg: object) -> None:
+        if event == "call":
+            module = frame.f_globals.get("__name__", "")
+            if module.startswith(("flask_sessionext", "threading")):
+                called[f"{module}.{frame.f_code.co_name}"] += 1
+        elif event == "c_call" and isinstance(getattr(arg, "__self__", None), LOCKS):
+            caller = frame.f_globals.get("__name__", "")
+            called[f"lock.{getattr(arg, '__name__', arg)} in {caller}"] += 1
+
+    with receiving(app):
+        listener = the_listener(app)
+        client = app.test_client()
+        sys.setprofile(profile)
+        try:
+            for _ in range(100):
+                client.get("/")
+                with app.app_context():
+                    pass
+        finally:
+            sys.setprofile(None)
+        assert app.extensions["sessionext"].broadcast.listener is listener
+    assert called["flask_sessionext._broadcast._context_pushed"] == 200
+    assert [name for name in called if "_broadcast" in name] == [
+        "flask_sessionext._broadcast._context_pushed"
+    ]
+    assert not [
+        name
+        for name in called
+        if "_outbox_listener" in name
+        or name.startswith("threading")
+        or (name.startswith("lock.") and "flask_sessionext" in name)
+        or name.endswith((".refresh", "._receive"))
+    ], called
 
 
 # Publishing and receiving

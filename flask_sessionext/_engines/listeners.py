@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 
 from .._sqlalchemy_private import clear_event_flags
+from .fork_safety import process_lock
 
 Handler = t.Callable[..., t.Any]
 
@@ -60,8 +61,9 @@ class Listeners:
     """The SQLAlchemy listeners that this package installed for one app."""
 
     def __init__(self) -> None:
-        # Re-entrant: add() flushes pending removals under it.
-        self._lock = threading.RLock()
+        # By process (see ``process_lock``). Re-entrant: add() flushes
+        # pending removals under it.
+        self._locks: dict[int, threading.RLock] = {}
         self._listeners: dict[tuple[int, str], _Listener] = {}
         #: Listeners left without handlers while they were dispatching.
         self.pending: list[_Listener] = []
@@ -73,7 +75,7 @@ class Listeners:
         ``identifier`` fires on ``target``: after the handlers of a lower
         ``rank``, and after those of its rank added before it.
         """
-        with self._lock:
+        with process_lock(self._locks):
             self.flush_pending()
             key = (id(target), identifier)
             entry = self._listeners.get(key)
@@ -96,7 +98,7 @@ class Listeners:
         """Undo :meth:`add`. The listener goes with its last handler, or at
         the next :meth:`flush_pending` when it is being dispatched right now.
         """
-        with self._lock:
+        with process_lock(self._locks):
             entry = self._listeners.get((id(target), identifier))
             if entry is None or handler not in entry.handlers:
                 return
@@ -111,7 +113,7 @@ class Listeners:
 
     def flush_pending(self) -> None:
         """Remove listeners that lost their last handler during a dispatch."""
-        with self._lock:
+        with process_lock(self._locks):
             for entry in list(self.pending):
                 if not entry.dispatching and not entry.handlers:
                     self.pending.remove(entry)
@@ -124,7 +126,7 @@ class Listeners:
         Session class, and through it its engines and their pools): without
         this, a dropped app would keep them, and their connections, for good.
         """
-        with self._lock:
+        with process_lock(self._locks):
             for entry in list(self._listeners.values()):
                 entry.handlers = ()
                 entry.ranks.clear()
@@ -139,7 +141,7 @@ class Listeners:
 
     def count(self, target: t.Any) -> int:
         """How many listeners this object installed on ``target``."""
-        with self._lock:
+        with process_lock(self._locks):
             return sum(
                 1 for entry in self._listeners.values() if entry.target is target
             )

@@ -15,6 +15,7 @@ their ids, which the listeners rely on to never skip one (see
 
 from __future__ import annotations
 
+import os
 import typing as t
 import weakref
 
@@ -130,7 +131,10 @@ class Broadcast(Feature):
 
     Its session listeners are installed while the setting is on, whoever
     listens: the other processes need the publications. Its listener thread
-    runs while ``models_committed_anywhere`` has a receiver for the app.
+    runs while ``models_committed_anywhere`` has a receiver for the app: it
+    starts when the first receiver connects and, in a forked child, at the
+    child's first app context (or publication), found by a process id check
+    that takes no lock. Nothing else of it runs per request.
     Last of the features: it publishes what the commit writes, after the
     receivers of ``before_commit`` and ``before_models_committed`` changed it.
     """
@@ -160,31 +164,64 @@ class Broadcast(Feature):
         self.engine = parts.engines[settings.bind]
         self._lock_key = advisory_lock_key(settings.channel)
         self._published = 0
-        self._subscribed = False
+        #: Whether the app has a receiver of ``models_committed_anywhere``.
+        self._receiving = False
+        #: The listener of each process by its id: this process's, and in a
+        #: forked child, until it starts its own, its parent's. A process
+        #: claims its entry with one ``setdefault``, atomic without a lock.
+        self._listeners_by_pid: dict[int, _outbox_listener.OutboxListener] = {}
+
+    @property
+    def listener(self) -> _outbox_listener.OutboxListener | None:
+        """The listener of this process, while the app receives."""
+        return self._listeners_by_pid.get(os.getpid())
 
     def start(self, app: Flask) -> None:
-        """Install the publishing listeners; start receiving as soon as an
-        app context is pushed in a process that has none running.
-        """
+        """Install the publishing listeners."""
         for name in self.listens:
             self.listen(self._session_class, name, getattr(self, f"_{name}"))
-        # Weakly: the subscription goes with the runtime.
-        appcontext_pushed.connect(self._context_pushed, sender=app)
 
     def refresh(self, app: Flask) -> None:
         """Start, or stop, receiving as receivers come and go."""
         if next(models_committed_anywhere.receivers_for(app), None) is not None:
-            self._subscribed = True
-            _outbox_listener.subscribe(app, self.engine, self.settings)
-        elif self._subscribed:
-            self._subscribed = False
-            _outbox_listener.unsubscribe(app, self.engine, self.settings)
+            if not self._receiving:
+                self._receiving = True
+                # Weakly: the subscription goes with the runtime.
+                appcontext_pushed.connect(self._context_pushed, sender=app)
+            self._receive(app)
+        elif self._receiving:
+            self._receiving = False
+            appcontext_pushed.disconnect(self._context_pushed, sender=app)
+            self._stop_receiving()
 
     def _context_pushed(self, app: Flask, **kwargs: t.Any) -> None:
-        # A pre-fork server's child starts its own listener at its first
-        # request: the parent's thread did not survive the fork.
-        if self._subscribed:
-            _outbox_listener.subscribe(app, self.engine, self.settings)
+        # Only a forked child's first app context finds no listener of its
+        # process (its parent's thread did not survive the fork) and starts
+        # one; every other push costs this one check.
+        if os.getpid() not in self._listeners_by_pid:
+            self._receive(app)
+
+    def _receive(self, app: Flask) -> None:
+        """Start this process's listener, unless it runs."""
+        pid = os.getpid()
+        if pid in self._listeners_by_pid or not self._receiving:
+            return
+        candidate = _outbox_listener.OutboxListener(app, self.engine, self.settings)
+        if self._listeners_by_pid.setdefault(pid, candidate) is not candidate:
+            return  # another thread of this process started one meanwhile
+        for other in list(self._listeners_by_pid):
+            if other != pid:  # the parent's: its thread is not in this process
+                self._listeners_by_pid.pop(other, None)
+        candidate.start()
+        if not self._receiving:  # the last receiver left meanwhile
+            self._stop_receiving()
+
+    def _stop_receiving(self) -> None:
+        """Stop this process's listener, if it runs."""
+        pid = os.getpid()
+        listener = self._listeners_by_pid.pop(pid, None)
+        if listener is not None and listener.pid == pid:
+            listener.stop(join=False)
 
     def _published_class(self, cls: type, table: str) -> bool:
         settings = self.settings
@@ -284,8 +321,15 @@ class Broadcast(Feature):
                     },
                 )
                 sequence = t.cast("sa.Row[t.Any]", inserted.inserted_primary_key)[0]
-            if self._subscribed:
-                _outbox_listener.published(self.engine, self.settings, int(sequence))
+            if self._receiving:
+                listener = self.listener
+                if listener is None:  # a forked child, with no context pushed
+                    app = self._app()
+                    if app is not None:
+                        self._receive(app)
+                    listener = self.listener
+                if listener is not None:
+                    listener.published(int(sequence))
             self._published += 1
             if self._published % PRUNE_EVERY == 0:
                 prune(connection, self.settings.channel, self.settings.keep, now)

@@ -1,19 +1,39 @@
-"""The receiving side of ``SESSIONEXT_BROADCAST``: one listener thread per
-process and outbox database (and channel), shared by the apps of the process
-that receive ``models_committed_anywhere``.
+"""The receiving side of ``SESSIONEXT_BROADCAST``: a listener thread per app
+that receives ``models_committed_anywhere``, and per process.
 
 On PostgreSQL with psycopg the thread holds a connection of its own, outside
 every pool, that ``LISTEN``\\s on the channel; elsewhere it polls the outbox
 every ``poll_interval`` seconds. At each wake-up (a notification, or at the
 latest every :data:`WAIT` seconds) it reads the outbox rows after the last
-one it delivered, in id order, and sends each to the apps. Publishing
+one it delivered, in id order, and sends each to the app. Publishing
 transactions commit in id order (see :mod:`._broadcast`), so no row can
 appear behind the last one read: the thread never skips one, and, keeping
 that last id across reconnections, never delivers one twice.
 
-After a fork the child has no thread: each child starts its own when the app
-next needs it, and never closes (so never terminates) the connection it
-inherited from its parent.
+The listener belongs to the app's :class:`~._broadcast.Broadcast`, on its
+runtime. Each start of it is a :class:`_Run` of one process: its loop goes
+on only while the run is current (not stopped, and in the process that
+started it). A forked child gets no thread of its parent's, but under gevent
+it gets its parent's greenlet, which would go on in the child: at its next
+check it finds itself in another process and leaves, delivering nothing and
+closing nothing. The child starts a listener of its own when it needs one.
+
+What is kept for the whole process, and why: the process is the scope of
+these, and nothing else of the package is kept outside the runtimes.
+
+- :data:`_origin`, the id of the process in the payloads it publishes: new
+  in each child.
+- :data:`_running`, the runs started in this process, held weakly: threads and
+  sockets belong to the process, and only a process-wide hook can find them
+  at a fork (where the child points each inherited listener socket at
+  ``/dev/null`` and keeps it, see :func:`_detach`) and at interpreter exit
+  (where the listeners stop and close their connections).
+
+Neither takes a lock: each change is one operation on a built-in object,
+atomic under the GIL (and under gevent, which switches greenlets only at
+blocking calls), and the fork hook runs in the child, where the forking
+thread is the only one. So no lock can be held across a fork by a thread
+that the child does not have.
 """
 
 from __future__ import annotations
@@ -21,6 +41,8 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import select
+import sys
 import threading
 import typing as t
 import uuid
@@ -61,13 +83,12 @@ BATCH = 500
 #: The prefix of ``application_name`` of the listener connections.
 APPLICATION_NAME = "sessionext-broadcast"
 
-_lock = threading.Lock()
-_listeners: dict[tuple[str, str], OutboxListener] = {}
 #: Tells this process's publications apart; new in each child.
 _origin = uuid.uuid4().hex
+#: The listener runs started in this process (see the module's docstring).
+_running: weakref.WeakSet[_Run] = weakref.WeakSet()
 #: Connections inherited from the parent: kept, never closed (see module doc).
 _inherited: list[object] = []
-_hooked = False
 
 #: Reads the outbox: the last id (``after`` is ``None``), the rows of ``ids``,
 #: or the rows after ``after``, in id order.
@@ -79,92 +100,81 @@ def origin() -> str:
     return _origin
 
 
-def subscribe(app: Flask, engine: sa.Engine, settings: BroadcastSettings) -> None:
-    """Deliver the publications of ``engine``'s database to ``app``, starting
-    this process's listener of that database if it is not running.
-    """
-    key = (engine.url.render_as_string(hide_password=False), settings.channel)
-    with _lock:
-        _hook_process()
-        listener = _listeners.get(key)
-        if listener is None:
-            listener = _listeners[key] = OutboxListener(engine, settings)
-        listener.apps.add(app)
-        listener.ensure_running()
-
-
-def unsubscribe(app: Flask, engine: sa.Engine, settings: BroadcastSettings) -> None:
-    """Undo :func:`subscribe`; the listener stops with its last app."""
-    key = (engine.url.render_as_string(hide_password=False), settings.channel)
-    with _lock:
-        listener = _listeners.get(key)
-        if listener is None:
-            return
-        listener.apps.discard(app)
-        if not listener.apps:
-            del _listeners[key]
-            listener.stop(join=False)
-
-
-def published(engine: sa.Engine, settings: BroadcastSettings, sequence: int) -> None:
-    """Tell this process's listener of ``engine``'s database, if any, of a
-    publication of this process (see :meth:`OutboxListener.published`).
-    """
-    key = (engine.url.render_as_string(hide_password=False), settings.channel)
-    listener = _listeners.get(key)
-    if listener is not None:
-        listener.published(sequence)
-
-
-def listener_of(
-    engine: sa.Engine, settings: BroadcastSettings
-) -> OutboxListener | None:
-    """The listener of ``engine``'s database in this process, if any."""
-    key = (engine.url.render_as_string(hide_password=False), settings.channel)
-    with _lock:
-        return _listeners.get(key)
-
-
-def _hook_process() -> None:
-    global _hooked
-    if _hooked:
-        return
-    _hooked = True
-    atexit.register(_stop_all)
-    if hasattr(os, "register_at_fork"):
-        # The lock is held across the fork, so that the child's copy is
-        # not left locked by a thread that the child does not have.
-        os.register_at_fork(
-            before=_lock.acquire,
-            after_in_parent=_lock.release,
-            after_in_child=_after_fork_in_child,
-        )
-
-
 def _after_fork_in_child() -> None:
-    global _lock, _origin
-    _lock = threading.Lock()
+    """In a forked child: a new origin, and the parent's listener sockets
+    pointed at ``/dev/null`` and kept, before any inherited greenlet can run.
+    """
+    global _origin
     _origin = uuid.uuid4().hex
-    for listener in _listeners.values():
-        listener.forget_parent()
+    for run in list(_running):
+        if run.greenlet is not None:
+            # Thrown in when the child's hub first runs, before the greenlet
+            # could resume any wait on a socket it shares with the parent.
+            run.greenlet.kill(block=False)
+        if run.connection is not None:
+            _detach(run.connection)
+            _inherited.append(run.connection)
+        if run.poll_engine is not None:
+            _inherited.append(run.poll_engine)
+    _running.clear()
 
 
 def _stop_all() -> None:
     """At interpreter exit: stop this process's listeners, closing their
     connections.
     """
-    with _lock:
-        listeners = list(_listeners.values())
-    for listener in listeners:
-        listener.stop(join=True)
+    runs = [run for run in list(_running) if run.pid == os.getpid()]
+    for run in runs:
+        run.stop.set()
+    for run in runs:
+        thread = run.thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=WAIT + 1)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(_stop_all)
+
+
+class _Run:
+    """One start of a listener, in the process that started it."""
+
+    __slots__ = (
+        "__weakref__",
+        "connection",
+        "greenlet",
+        "pid",
+        "poll_engine",
+        "stop",
+        "thread",
+    )
+
+    def __init__(self) -> None:
+        #: The process that started it.
+        self.pid = os.getpid()
+        self.stop = threading.Event()
+        #: The connection of the ``LISTEN``, while there is one.
+        self.connection: t.Any = None
+        #: The engine it polls with, where it polls.
+        self.poll_engine: sa.Engine | None = None
+        self.thread: threading.Thread | None = None
+        #: The gevent greenlet of its thread, when gevent patched threading.
+        self.greenlet: t.Any = None
+
+    def current(self) -> bool:
+        """Whether its loop goes on: not stopped, and in its own process."""
+        return not self.stop.is_set() and self.pid == os.getpid()
 
 
 class OutboxListener:
-    """The thread that delivers the publications of one database to the
-    apps of this process.
+    """The thread that delivers the publications of one database to one app
+    in one process.
     """
 
-    def __init__(self, engine: sa.Engine, settings: BroadcastSettings) -> None:
+    def __init__(
+        self, app: Flask, engine: sa.Engine, settings: BroadcastSettings
+    ) -> None:
         self.url = engine.url
         self.label = mask_url(engine.url)
         self.channel = settings.channel
@@ -174,94 +184,80 @@ class OutboxListener:
         #: Whether it ``LISTEN``\\s (PostgreSQL with psycopg) or polls.
         self.listens = dialect.name == "postgresql" and dialect.driver == "psycopg"
         self._engine = engine
-        #: The apps it delivers to, held weakly.
-        self.apps: weakref.WeakSet[Flask] = weakref.WeakSet()
+        #: The app it delivers to, held weakly: it stops once the app is gone.
+        self.app = weakref.ref(app)
+        #: The process it belongs to.
+        self.pid = os.getpid()
         #: The id of the last row delivered; ``None`` until the first start.
         self.last_seen: int | None = None
-        #: How many publications it delivered, in this process.
+        #: How many publications it delivered.
         self.delivered = 0
         #: Set while it is connected and up to date.
         self.connected = threading.Event()
-        #: The connection of the ``LISTEN``, while there is one.
-        self.connection: t.Any = None
-        self._poll_engine: sa.Engine | None = None
-        self._thread: threading.Thread | None = None
-        self._pid = os.getpid()
-        self._stop = threading.Event()
+        self._run_state: _Run | None = None
         self._backoff = MIN_BACKOFF
         self._models: dict[tuple[str, str], type] = {}
+        #: This process's publications made before :attr:`last_seen` was
+        #: read (see :meth:`published`).
         self._early: list[int] = []
-        self._early_lock = threading.Lock()
 
-    def ensure_running(self) -> None:
-        """Start the thread unless it runs in this process."""
-        if self._thread is not None and self._thread.is_alive():
+    @property
+    def connection(self) -> t.Any:
+        """The connection of the ``LISTEN``, while there is one."""
+        run = self._run_state
+        return None if run is None else run.connection
+
+    def start(self) -> None:
+        """Start the thread (once)."""
+        if self._run_state is not None:
             return
-        self._pid = os.getpid()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, name=f"{APPLICATION_NAME} {self.label}", daemon=True
+        run = self._run_state = _Run()
+        run.thread = threading.Thread(
+            target=self._run,
+            args=(run,),
+            name=f"{APPLICATION_NAME} {self.label}",
+            daemon=True,
         )
-        self._thread.start()
+        _running.add(run)
+        run.thread.start()
 
     def stop(self, *, join: bool) -> None:
         """Stop the thread; with ``join``, wait a little for it to close its
         connection.
         """
-        self._stop.set()
-        thread = self._thread
+        run = self._run_state
+        if run is None:
+            return
+        run.stop.set()
+        thread = run.thread
         if join and thread is not None and thread is not threading.current_thread():
             thread.join(timeout=WAIT + 1)
 
-    def forget_parent(self) -> None:
-        """In a forked child: drop the parent's thread and keep, unused and
-        open, the parent's connection, whose close would end the parent's
-        session on the shared socket.
-        """
-        if self.connection is not None:
-            _detach(self.connection)
-            _inherited.append(self.connection)
-        if self._poll_engine is not None:
-            _inherited.append(self._poll_engine)
-        self.connection = None
-        self._poll_engine = None
-        self._thread = None
-        self._stop = threading.Event()
-        self.connected = threading.Event()
-        self.last_seen = None
-        self.delivered = 0
-        self._early = []
-        self._early_lock = threading.Lock()
+    def _live(self, run: _Run) -> bool:
+        """Whether ``run`` goes on: it is current and the app is alive."""
+        return run.current() and self.app() is not None
 
-    def _run(self) -> None:
-        while not self._stop.is_set() and self._has_apps():
-            try:
-                if self.listens:
-                    self._listen()
-                else:
-                    self._poll()
-            except Exception as e:
+    def _run(self, run: _Run) -> None:
+        run.greenlet = _gevent_greenlet()
+        try:
+            while self._live(run):
+                try:
+                    if self.listens:
+                        self._listen(run)
+                    else:
+                        self._poll(run)
+                except Exception as e:
+                    if not run.current():
+                        break
+                    self.connected.clear()
+                    self._report(e)
+                    run.stop.wait(self._backoff)
+                    self._backoff = min(self._backoff * 2, MAX_BACKOFF)
+        finally:
+            if run.pid == os.getpid():
                 self.connected.clear()
-                if self._stop.is_set():
-                    break
-                self._report(e)
-                self._stop.wait(self._backoff)
-                self._backoff = min(self._backoff * 2, MAX_BACKOFF)
-        self.connected.clear()
-        logger.debug("Broadcast listener of %s stopped.", self.label)
-
-    def _has_apps(self) -> bool:
-        """Whether an app of the listener is alive; it stops, and leaves the
-        process's listeners, once they are all garbage-collected.
-        """
-        with _lock:  # so that no subscribe() picks it up meanwhile
-            if self.apps:
-                return True
-            self._stop.set()
-            for key, listener in list(_listeners.items()):
-                if listener is self:
-                    del _listeners[key]
-        return False
+                _running.discard(run)
+                logger.debug("Broadcast listener of %s stopped.", self.label)
 
     def _report(self, error: Exception) -> None:
         if isinstance(error, RuntimeError) and OUTBOX in str(error):
@@ -277,13 +273,14 @@ class OutboxListener:
             self._backoff,
         )
 
-    def _listen(self) -> None:
+    def _listen(self, run: _Run) -> None:
         """``LISTEN`` on a connection of its own, and read the outbox at each
         notification, or every :data:`WAIT` seconds, until stopped.
         """
-        connection = self._connect()
-        self.connection = connection
+        connection = run.connection = self._connect()
         try:
+            if not run.current():  # e.g. a greenlet of the parent's
+                return
             channel = self.channel
             connection.execute(f'LISTEN "{channel}"')
 
@@ -305,14 +302,19 @@ class OutboxListener:
                 )
                 return connection.execute(sql, (channel, after)).fetchall()  # type: ignore[no-any-return]
 
-            self._catch_up(fetch)
-            while not self._stop.is_set() and self._has_apps():
-                for _ in connection.notifies(timeout=WAIT, stop_after=1):
+            self._catch_up(run, fetch)
+            while self._live(run):
+                _wait_readable(connection.fileno(), WAIT)
+                if not run.current():  # e.g. a greenlet of the parent's
+                    return
+                # What arrived, without waiting: the wait above is the one
+                # that gevent can switch in, whenever it patched ``select``.
+                for _ in connection.notifies(timeout=0):
                     pass
-                self._catch_up(fetch)
+                self._catch_up(run, fetch)
         finally:
-            self.connection = None
-            if os.getpid() == self._pid:
+            if run.pid == os.getpid():
+                run.connection = None
                 connection.close()
 
     def _connect(self) -> t.Any:
@@ -327,9 +329,9 @@ class OutboxListener:
         logger.debug("Broadcast listener connecting to %s.", self.label)
         return dialect.loaded_dbapi.connect(*cargs, **params)
 
-    def _poll(self) -> None:
+    def _poll(self, run: _Run) -> None:
         """Read the outbox every ``poll_interval`` seconds, until stopped."""
-        engine = self._poll_engine
+        engine = run.poll_engine
         if engine is None:
             url = self.url
             memory = url.get_backend_name() == "sqlite" and url.database in (
@@ -341,8 +343,8 @@ class OutboxListener:
             engine = (
                 self._engine if memory else sa.create_engine(url, poolclass=NullPool)
             )
-            self._poll_engine = engine
-        while not self._stop.is_set() and self._has_apps():
+            run.poll_engine = engine
+        while self._live(run):
             with engine.connect() as conn:
 
                 def fetch(
@@ -368,19 +370,18 @@ class OutboxListener:
                         .limit(BATCH)
                     ).all()
 
-                self._catch_up(fetch)
+                self._catch_up(run, fetch)
                 conn.rollback()
-            self._stop.wait(self.poll_interval)
+            run.stop.wait(self.poll_interval)
 
     def published(self, sequence: int) -> None:
         """Note a publication of this process, before it commits: one made
         before the listener read where to start is delivered too.
         """
-        with self._early_lock:
-            if self.last_seen is None:
-                self._early.append(sequence)
+        if self.last_seen is None:
+            self._early.append(sequence)
 
-    def _catch_up(self, fetch: Fetch) -> None:
+    def _catch_up(self, run: _Run, fetch: Fetch) -> None:
         """Deliver every row after :attr:`last_seen`, in id order; on the
         first start, only this process's publications since its first
         receiver connected, then those after the last id.
@@ -388,11 +389,15 @@ class OutboxListener:
         try:
             if self.last_seen is None:
                 start = int(fetch(None, ())[0][0])
-                with self._early_lock:
-                    early = sorted(i for i in self._early if i <= start)
-                    self._early.clear()
-                    self.last_seen = start
+                # A publication up to ``start`` committed before that read,
+                # so its publisher noted it before (no lock needed); one noted
+                # later is after ``start``, and read below.
+                early = sorted(i for i in self._early if i <= start)
+                self.last_seen = start
+                self._early = []
                 for row_id, payload in fetch(None, early) if early else ():
+                    if not run.current():
+                        return
                     self._deliver(int(row_id), payload)
             if not self.connected.is_set():
                 self._backoff = MIN_BACKOFF
@@ -403,10 +408,10 @@ class OutboxListener:
                     self.last_seen,
                 )
                 self.connected.set()
-            while not self._stop.is_set():
+            while run.current():
                 rows = fetch(self.last_seen, ())
                 for row_id, payload in rows:
-                    if self._stop.is_set():
+                    if not run.current():
                         return
                     self.last_seen = int(row_id)
                     self._deliver(int(row_id), payload)
@@ -418,37 +423,34 @@ class OutboxListener:
             raise
 
     def _deliver(self, sequence: int, payload: str) -> None:
-        """Send one publication to every app of the process that receives."""
+        """Send one publication to the app, if it still receives."""
         try:
             sender, summaries = decode(payload)
         except ValueError as e:
             logger.error("Skipped outbox row %d of %s: %s", sequence, self.label, e)
             return
         self.delivered += 1
-        local = sender == _origin
-        changes: list[CommittedChange] | None = None
-        for app in list(self.apps):
-            if next(models_committed_anywhere.receivers_for(app), None) is None:
-                continue
-            if changes is None:
-                changes = [
-                    CommittedChange(
-                        model=self._model(entity, table),
-                        table=table,
-                        primary_key=pk,
-                        operation=t.cast(Operation, operation),
-                        columns=columns,
-                    )
-                    for entity, table, pk, operation, columns in summaries
-                ]
-            with app.app_context():
-                report(
-                    models_committed_anywhere,
-                    app,
-                    changes=list(changes),
-                    local=local,
-                    sequence=sequence,
-                )
+        app = self.app()
+        if app is None or not any(models_committed_anywhere.receivers_for(app)):
+            return
+        changes = [
+            CommittedChange(
+                model=self._model(entity, table),
+                table=table,
+                primary_key=pk,
+                operation=t.cast(Operation, operation),
+                columns=columns,
+            )
+            for entity, table, pk, operation, columns in summaries
+        ]
+        with app.app_context():
+            report(
+                models_committed_anywhere,
+                app,
+                changes=changes,
+                local=sender == _origin,
+                sequence=sequence,
+            )
 
     def _model(self, entity: str, table: str) -> type | None:
         """The class this process maps as ``entity`` on ``table``; else the
@@ -490,3 +492,28 @@ def _detach(connection: t.Any) -> None:
         os.dup2(devnull, fd)
     finally:
         os.close(devnull)
+
+
+def _wait_readable(fd: int, timeout: float) -> None:
+    """Wait until ``fd`` is readable, for up to ``timeout`` seconds, with
+    :func:`select.poll` as it is at the call: once gevent has patched it, the
+    wait lets the other greenlets run, even where psycopg was imported before
+    the patch (and so waits without switching).
+    """
+    if not hasattr(select, "poll"):  # Windows
+        select.select([fd], [], [], timeout)
+        return
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    poller.poll(int(timeout * 1000))
+
+
+def _gevent_greenlet() -> t.Any:
+    """The gevent greenlet that runs this thread, once gevent has patched
+    ``threading``: unlike a thread, it survives a fork.
+    """
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is None or not monkey.is_module_patched("threading"):
+        return None
+    current = sys.modules["gevent"].getcurrent()
+    return current if hasattr(current, "kill") else None

@@ -9,13 +9,20 @@ garbage-collected while connected, as a receiver connected with a plain
 next app-context teardown logs a warning naming it
 (:func:`report_collected`). Blinker says nothing when that happens, and the
 receiver simply never runs again.
+
+The watched receivers are kept for the whole process, because the process is
+their scope: the signals are module-level objects, and a receiver may be
+connected for every sender, or for an app before its ``init_app``, so it
+belongs to no app's runtime. No lock guards them: each change is one
+operation on a built-in ``dict`` or ``deque``, atomic under the GIL (and
+under gevent, which switches greenlets only at blocking calls), and lookups
+read a copy.
 """
 
 from __future__ import annotations
 
 import inspect
 import itertools
-import threading
 import typing as t
 import weakref
 from collections import deque
@@ -124,7 +131,6 @@ class _Watch:
     app: weakref.ref[Flask] | None
 
 
-_lock = threading.Lock()
 _tokens = itertools.count()
 #: The watched receivers, by a token of their own (an id may be reused).
 _watched: dict[int, _Watch] = {}
@@ -147,27 +153,25 @@ def _watch(
     token = next(_tokens)
     ref = weakref.ref(receiver, lambda _: collected.append(token))
     app = weakref.ref(sender) if isinstance(sender, Flask) else None
-    with _lock:
-        _watched[token] = _Watch(
-            signal.name,
-            receiver_name(receiver),
-            ref,
-            ANY if sender is ANY else id(sender),
-            app,
-        )
+    _watched[token] = _Watch(
+        signal.name,
+        receiver_name(receiver),
+        ref,
+        ANY if sender is ANY else id(sender),
+        app,
+    )
 
 
 def _unwatch(signal: NamedSignal, receiver: t.Any, sender: t.Any) -> None:
     """Stop watching ``receiver`` for ``sender`` (all of them for ``ANY``)."""
     sender_id = ANY if sender is ANY else id(sender)
-    with _lock:
-        for token, watch in list(_watched.items()):
-            if (
-                watch.signal == signal.name
-                and watch.ref() is receiver
-                and sender_id in (ANY, watch.sender)
-            ):
-                del _watched[token]
+    for token, watch in _watched.copy().items():
+        if (
+            watch.signal == signal.name
+            and watch.ref() is receiver
+            and sender_id in (ANY, watch.sender)
+        ):
+            _watched.pop(token, None)
 
 
 def on_connected(
@@ -214,15 +218,15 @@ def report_collected(app: Flask) -> None:
             token = collected.popleft()
         except IndexError:  # another thread took it
             return
-        with _lock:
-            watch = _watched.get(token)
-            if watch is None:  # disconnected before it died
-                continue
-            owner = watch.app() if watch.app is not None else app
-            if owner is not None and owner is not app:
-                collected.append(token)  # for its own app's logger
-                continue
-            del _watched[token]
+        watch = _watched.get(token)
+        if watch is None:  # disconnected before it died
+            continue
+        owner = watch.app() if watch.app is not None else app
+        if owner is not None and owner is not app:
+            collected.append(token)  # for its own app's logger
+            continue
+        if _watched.pop(token, None) is None:  # another thread reported it
+            continue
         if owner is None:  # its app is gone too
             continue
         app.logger.warning(

@@ -29,7 +29,6 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from flask_sessionext import CommittedChange, SessionExt
 from flask_sessionext._features.broadcast import Broadcast
 from flask_sessionext._features.outbox import outbox_table
-from flask_sessionext._features.outbox_listener import listener_of
 from flask_sessionext.signals import models_committed_anywhere
 
 #: The environment variable holding the database URL.
@@ -79,7 +78,7 @@ def wait_until_listening(app: Flask, timeout: float = 15.0) -> None:
     broadcast = app.extensions["sessionext"].feature(Broadcast)
     deadline = time.monotonic() + timeout
     while True:
-        listener = listener_of(broadcast.engine, broadcast.settings)
+        listener = broadcast.listener
         if listener is not None and listener.connected.wait(0.05):
             return
         if time.monotonic() > deadline:
@@ -138,7 +137,7 @@ def create_app() -> Flask:
     def report() -> t.Any:
         time.sleep(0.05)
         broadcast = app.extensions["sessionext"].feature(Broadcast)
-        listener = listener_of(broadcast.engine, broadcast.settings)
+        listener = broadcast.listener
         listening = listener is not None and listener.connected.is_set()
         with _received_lock:
             return jsonify(pid=os.getpid(), received=received, listening=listening)

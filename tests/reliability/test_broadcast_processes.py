@@ -20,20 +20,21 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 from flask import Flask
 
 from flask_sessionext import CommittedChange, SessionExt
 from flask_sessionext._features.broadcast import Broadcast
 from flask_sessionext._features.outbox import outbox_table
-from flask_sessionext._features.outbox_listener import APPLICATION_NAME, listener_of
+from flask_sessionext._features.outbox_listener import APPLICATION_NAME, WAIT
 from flask_sessionext.signals import models_committed_anywhere
 
 from ._broadcast_apps import DATABASE_ENV, SETTINGS, Base, Note
 from ._webapp import free_port
 from .test_prefork_servers import TESTS_DIR, log_tail, running, wait_for_http
 from _postgres import PostgresServer
-from helpers import fork
+from helpers import fork, run_python
 
 #: Lists the listener connections: (client process id, server process id).
 LISTENERS = sa.text(
@@ -224,7 +225,7 @@ def test_forked_child_listens_on_its_own_connection(
     try:
         with models_committed_anywhere.connected_to(receiver, app):
             broadcast = app.extensions["sessionext"].feature(Broadcast)
-            listener = listener_of(broadcast.engine, broadcast.settings)
+            listener = broadcast.listener
             assert listener is not None
             assert listener.connected.wait(10)
             parent_backend = listeners(postgres_url)[os.getpid()]
@@ -233,7 +234,7 @@ def test_forked_child_listens_on_its_own_connection(
                 before = len(received)
                 with app.app_context():  # starts the child's listener
                     pass
-                own = listener_of(broadcast.engine, broadcast.settings)
+                own = broadcast.listener
                 assert own is not None
                 assert own.connected.wait(10)
                 commit()
@@ -367,6 +368,115 @@ def test_gunicorn_workers_and_another_machine(
         f" {result['published']} from another process), each received once by"
         f" all 3 processes"
     )
+
+
+@pytest.mark.parametrize(
+    "app_spec",
+    [
+        "reliability._broadcast_apps:create_app()",
+        "reliability._gevent_patched_app:create_app()",
+    ],
+    ids=["patched-by-the-worker", "patched-before-the-app"],
+)
+def test_gunicorn_gevent_workers(
+    postgres_url: str, tmp_path: Path, app_spec: str
+) -> None:
+    """Under gunicorn ``-k gevent --preload`` with 2 workers, whether gevent
+    patches in the worker (after the master loaded the app) or before the app
+    loads, every request is answered and each worker receives every
+    publication exactly once, in order, on a listener connection of its own.
+    """
+    fresh_tables(postgres_url)
+    port = free_port()
+    log = tmp_path / "gunicorn.log"
+    args = ["gunicorn", "--preload", "--workers", "2", "--worker-class", "gevent"]
+    args += ["--bind", f"127.0.0.1:{port}", "--graceful-timeout", "5"]
+    args += ["--timeout", "20", app_spec]
+    with running(args, {DATABASE_ENV: postgres_url}, log) as master:
+        wait_for_http(master, port, log)
+        workers = set(each_worker(port, 2))
+        assert master.pid not in workers
+        deadline = time.monotonic() + 15
+        while not all(each_worker(port, 2, listening=True).values()):
+            assert time.monotonic() < deadline, f"not listening:\n{log_tail(log)}"
+        with ThreadPoolExecutor(8) as pool:
+            commits = list(pool.map(lambda _: get(port, "/commit"), range(40)))
+        assert all(body["ok"] for body in commits)
+        ids, notes = committed(postgres_url)
+        deadline = time.monotonic() + 15
+        while True:
+            answers = each_worker(port, 2)
+            if all(r and r[-1][0] == ids[-1] for r in answers.values()):
+                break
+            assert time.monotonic() < deadline, (
+                f"the workers did not catch up with {ids[-1]}:"
+                f" { {pid: r[-3:] for pid, r in answers.items()} }\n{log_tail(log)}"
+            )
+            time.sleep(0.1)
+        backends = listeners(postgres_url)
+    assert len(ids) == len(commits) == 40
+    assert set(answers) == workers
+    for received in answers.values():
+        check_received(received, ids, notes)
+    assert len({backends[pid] for pid in workers}) == 2, backends
+    local = sum(1 for received in answers.values() for r in received if r[1])
+    assert local == len(commits)
+
+
+def test_gevent_fork_stops_the_parents_listener_greenlet(postgres_url: str) -> None:
+    """In a process patched by gevent, a child forked while the listener
+    greenlet waits on its connection never runs that greenlet again, starts
+    its own listener, and receives its own publication exactly once.
+    """
+    fresh_tables(postgres_url)
+    code = f"""
+from gevent import monkey
+monkey.patch_all()
+import json, os, sys, time
+import gevent
+sys.path.insert(0, {TESTS_DIR!r})
+from flask import Flask
+from flask_sessionext import SessionExt
+from flask_sessionext.signals import models_committed_anywhere
+from reliability._broadcast_apps import SETTINGS, Note
+app = Flask("gevent_fork")
+app.config.update(SESSIONEXT_BROADCAST=SETTINGS)
+app.config.update(SESSIONEXT_DATABASE_URI={postgres_url!r})
+db = SessionExt(app)
+received = []
+def receiver(sender, changes, local, sequence):
+    received.append((sequence, local))
+models_committed_anywhere.connect(receiver, app)
+parent = app.extensions["sessionext"].broadcast.listener
+assert parent.connected.wait(10)
+gevent.sleep(0.1)  # the listener greenlet now waits on its connection
+stale = parent._run_state.greenlet
+pid = os.fork()
+if pid == 0:
+    with app.app_context():
+        db.session.add(Note(origin=os.getpid()))
+        db.session.commit()
+    deadline = time.monotonic() + 10
+    while not received and time.monotonic() < deadline:
+        gevent.sleep(0.01)
+    gevent.sleep(WAIT + 0.5)  # a stale greenlet would have woken by now
+    own = app.extensions["sessionext"].broadcast.listener
+    print(json.dumps(dict(received=received, stale_dead=stale.dead,
+                          own_is_new=own is not parent, delivered=own.delivered)))
+    sys.stdout.flush()
+    os._exit(0)
+_, status = os.waitpid(pid, 0)
+assert os.waitstatus_to_exitcode(status) == 0, status
+assert parent.connected.is_set() and not stale.dead
+""".replace("WAIT", str(WAIT))
+    report = json.loads(run_python(code, timeout=60).strip().splitlines()[-1])
+    ids, _ = committed(postgres_url)
+    assert report == {
+        "received": [[ids[0], True]],
+        "stale_dead": True,
+        "own_is_new": True,
+        "delivered": 1,
+    }
 
 
 def test_sqlite_processes_on_one_machine(tmp_path: Path) -> None:
