@@ -290,7 +290,7 @@ def test_requests_start_no_listener_and_take_no_lock(
                     pass
         finally:
             sys.setprofile(None)
-        assert app.extensions["sessionext"].broadcast.listener is listener
+        assert app.extensions["sessionext"].feature(Broadcast).listener is listener
     assert called["flask_sessionext._broadcast._context_pushed"] == 200
     assert [name for name in called if "_broadcast" in name] == [
         "flask_sessionext._broadcast._context_pushed"

@@ -437,6 +437,7 @@ import gevent
 sys.path.insert(0, {TESTS_DIR!r})
 from flask import Flask
 from flask_sessionext import SessionExt
+from flask_sessionext._features.broadcast import Broadcast
 from flask_sessionext.signals import models_committed_anywhere
 from reliability._broadcast_apps import SETTINGS, Note
 app = Flask("gevent_fork")
@@ -447,7 +448,7 @@ received = []
 def receiver(sender, changes, local, sequence):
     received.append((sequence, local))
 models_committed_anywhere.connect(receiver, app)
-parent = app.extensions["sessionext"].broadcast.listener
+parent = app.extensions["sessionext"].feature(Broadcast).listener
 assert parent.connected.wait(10)
 gevent.sleep(0.1)  # the listener greenlet now waits on its connection
 stale = parent._run_state.greenlet
@@ -460,7 +461,7 @@ if pid == 0:
     while not received and time.monotonic() < deadline:
         gevent.sleep(0.01)
     gevent.sleep(WAIT + 0.5)  # a stale greenlet would have woken by now
-    own = app.extensions["sessionext"].broadcast.listener
+    own = app.extensions["sessionext"].feature(Broadcast).listener
     print(json.dumps(dict(received=received, stale_dead=stale.dead,
                           own_is_new=own is not parent, delivered=own.delivered)))
     sys.stdout.flush()

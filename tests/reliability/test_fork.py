@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from flask import Flask
 
 from flask_sessionext import CommittedChange, SessionExt
+from flask_sessionext._features.broadcast import Broadcast
 from flask_sessionext._features.outbox_listener import APPLICATION_NAME
 from flask_sessionext.signals import models_committed, models_committed_anywhere
 
@@ -72,7 +73,7 @@ def commit_and_receive(app: Flask, db: SessionExt, received: Received) -> Receiv
     """
     before = len(received)
     with app.app_context():
-        listener = app.extensions["sessionext"].broadcast.listener
+        listener = app.extensions["sessionext"].feature(Broadcast).listener
         assert listener is not None
         assert listener.pid == os.getpid()
         assert listener.connected.wait(10), "the listener did not start"
@@ -125,7 +126,7 @@ def test_forks_of_forks_with_broadcast_receivers(
         return json.dumps([own, forked, *pooled])
 
     with models_committed_anywhere.connected_to(receiver, app):
-        listener = app.extensions["sessionext"].broadcast.listener
+        listener = app.extensions["sessionext"].feature(Broadcast).listener
         assert listener is not None
         assert listener.connected.wait(10)
         reports = [
@@ -197,7 +198,7 @@ def test_first_contexts_of_a_child_start_one_listener(
         def first_context(_: int) -> object:
             barrier.wait(10)
             with app.app_context():
-                return app.extensions["sessionext"].broadcast.listener
+                return app.extensions["sessionext"].feature(Broadcast).listener
 
         with ThreadPoolExecutor(8) as pool:
             found = set(map(id, pool.map(first_context, range(8))))
@@ -209,7 +210,7 @@ def test_first_contexts_of_a_child_start_one_listener(
         return json.dumps([len(found), threads])
 
     with models_committed_anywhere.connected_to(receiver, app):
-        parent = app.extensions["sessionext"].broadcast.listener
+        parent = app.extensions["sessionext"].feature(Broadcast).listener
         assert parent is not None
         assert parent.connected.wait(10)
         listeners, threads = json.loads(fork(child).result(timeout=30))
