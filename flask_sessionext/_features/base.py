@@ -161,6 +161,3 @@ class Feature:
         (Blinker says nothing of it); checked at each app-context teardown.
         """
         return False
-
-    def after_fork(self) -> None:
-        """In a child process, just forked: drop what belongs to the parent."""

@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from flask import Flask
 
 from flask_sessionext import CommittedChange, SessionExt
+from flask_sessionext._engines.fork_safety import process_lock
 from flask_sessionext._features.broadcast import Broadcast
 from flask_sessionext._features.outbox_listener import APPLICATION_NAME
 from flask_sessionext.signals import models_committed, models_committed_anywhere
@@ -155,7 +156,7 @@ def test_fork_while_a_thread_refreshes(make_app: MakeApp, postgres_url: str) -> 
     inside, release = threading.Event(), threading.Event()
 
     def refreshing() -> None:
-        with runtime._lock():
+        with process_lock(runtime._locks):
             inside.set()
             release.wait(30)
 
