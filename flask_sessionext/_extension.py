@@ -15,6 +15,7 @@ from flask import Flask, abort
 
 from . import _tables, recording
 from ._engines import create_engines, prepare_engines
+from ._integer_range import ident_out_of_range, statement_out_of_range
 from ._lifecycle import create_session, remove_session
 from ._listener_objects import Registration, connect_methods
 from ._listeners import Listeners
@@ -392,12 +393,18 @@ class SessionExt:
         """``session.get(entity, ident)``, or abort with 404 when there is no
         such row.
 
+        An ``int`` that the primary key column cannot hold (beyond its
+        type's range) is a 404 without a query.
+
         :param entity: the mapped class.
         :param ident: its primary key, as :meth:`~sqlalchemy.orm.Session.get`
             takes it.
         :param description: the description of the 404 error.
         """
-        value = self.session.get(entity, ident)
+        session = self.session()
+        if ident_out_of_range(session, entity, ident):
+            abort(404, description=description)  # not queried: see _integer_range
+        value = session.get(entity, ident)
         if value is None:
             abort(404, description=description)
         return value
@@ -412,7 +419,10 @@ class SessionExt:
             is returned.
         :param description: the description of the 404 error.
         """
-        value = self.session.execute(statement).scalar()
+        session = self.session()
+        if statement_out_of_range(session, statement):
+            abort(404, description=description)
+        value = session.execute(statement).scalar()
         if value is None:
             abort(404, description=description)
         return value
@@ -427,8 +437,11 @@ class SessionExt:
             returned.
         :param description: the description of the 404 error.
         """
+        session = self.session()
+        if statement_out_of_range(session, statement):
+            abort(404, description=description)
         try:
-            return self.session.execute(statement).scalar_one()
+            return session.execute(statement).scalar_one()
         except (sa_exc.NoResultFound, sa_exc.MultipleResultsFound):
             abort(404, description=description)
 
