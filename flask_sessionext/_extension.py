@@ -13,7 +13,7 @@ import sqlalchemy.exc as sa_exc
 import sqlalchemy.orm as orm
 from flask import Flask, abort
 
-from . import _tables, recording
+from . import _tables, pagination, recording
 from ._engines import create_engines, prepare_engines
 from ._integer_range import ident_out_of_range, statement_out_of_range
 from ._lifecycle import create_session, remove_session
@@ -23,6 +23,7 @@ from ._outbox import outbox_metadata
 from ._runtime import Runtime
 from ._session import Session, app_ctx_scope, engine_for_key, make_sessionmaker
 from ._settings import read_settings
+from ._shell import shell_context
 from ._sqlalchemy_private import in_transaction_block
 from .cli import cli
 
@@ -133,6 +134,7 @@ class SessionExt:
         weakref.finalize(app, _release, listeners, list(engines.values()))
         app.teardown_appcontext(self._teardown_session)
         app.cli.add_command(cli)
+        app.shell_context_processor(lambda: shell_context(self, self._metadata))
         runtime.start(app)
 
     def _get_state(self, app: Flask) -> Runtime:
@@ -386,6 +388,43 @@ class SessionExt:
             raise
         finally:
             session.close()
+
+    def paginate(
+        self,
+        select: sa.Select[t.Any],
+        *,
+        page: int | None = None,
+        per_page: int | None = None,
+        max_per_page: int | None = 100,
+        error_out: bool = True,
+        count: bool = True,
+    ) -> pagination.Pagination:
+        """One page of the results of ``select`` on :attr:`session`, as
+        Flask-SQLAlchemy's ``db.paginate()`` returns it. Runs the page's
+        query, and a ``SELECT count(*)`` of ``select`` without its ``ORDER
+        BY``; the items are ``scalars()`` of ``unique()`` rows.
+
+        :param select: a ``select()`` of a model class, in a stable order.
+        :param page: the page number, from 1; else the request's ``page``
+            query argument, else 1.
+        :param per_page: items per page; else the request's ``per_page``
+            query argument, else 20.
+        :param max_per_page: the largest ``per_page`` taken; ``None`` for no
+            limit.
+        :param error_out: abort with 404 when ``page`` or ``per_page`` is not
+            an int of at least 1, or the page is past the last; else use 1
+            and 20.
+        :param count: query :attr:`~.Pagination.total`; else it is ``None``.
+        """
+        return pagination.paginate(
+            select,
+            self.session(),
+            page=page,
+            per_page=per_page,
+            max_per_page=max_per_page,
+            error_out=error_out,
+            count=count,
+        )
 
     def get_or_404(
         self, entity: type[_O], ident: t.Any, *, description: str | None = None
