@@ -68,12 +68,14 @@ def notify(subject: str) -> None:
 
 @bp.get("/audit")
 def audit_log() -> str:
-    """The newest audit entries and outbox messages."""
+    """The audit entries, newest first, a page at a time (``?page=``), and
+    the newest outbox messages.
+    """
     from . import db
 
-    entries = db.session.scalars(
-        sa.select(AuditEntry).order_by(AuditEntry.id.desc()).limit(100)
-    ).all()
+    entries = db.paginate(
+        sa.select(AuditEntry).order_by(AuditEntry.id.desc()), per_page=25
+    )
     outbox = db.session.scalars(
         sa.select(OutboxMessage).order_by(OutboxMessage.id.desc()).limit(20)
     ).all()

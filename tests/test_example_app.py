@@ -437,10 +437,3 @@ def test_two_instances_update_each_other_live(tmp_path: Path) -> None:
             for server in servers:
                 server.terminate()
                 server.wait(timeout=10)
-
-
-@pytest.mark.parametrize("ident", [2**31, 2**63])
-def test_task_id_out_of_range(example: Flask, ident: int) -> None:
-    """A task id that the column cannot hold is a 404 page, not a 500."""
-    response = example.test_client().get(f"/tasks/{ident}")
-    assert response.status_code == 404
