@@ -256,8 +256,8 @@ def _outbox_engine(app: Flask) -> tuple[sa.Engine, str, float]:
 
 @cli.command("create-outbox")
 def create_outbox_command() -> None:
-    """Create the outbox table of ``SESSIONEXT_BROADCAST`` in its bind, if
-    it is missing.
+    """Create the outbox table of SESSIONEXT_BROADCAST in its bind, if it
+    is missing.
     """
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
     engine, _, _ = _outbox_engine(app)
@@ -267,8 +267,8 @@ def create_outbox_command() -> None:
 
 @cli.command("prune-outbox")
 def prune_outbox_command() -> None:
-    """Delete the outbox rows of the app's channel older than the ``keep``
-    setting of ``SESSIONEXT_BROADCAST``.
+    """Delete the outbox rows of the app's channel older than the 'keep'
+    setting of SESSIONEXT_BROADCAST.
     """
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
     engine, channel, keep = _outbox_engine(app)
