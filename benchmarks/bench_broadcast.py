@@ -50,7 +50,7 @@ METHOD = (
     " one request, counted in an untimed pass (the `COMMIT` is not one)."
     f" Latency: {PUBLISHERS} processes publish and receive at once; the delay"
     " from the wall-clock time stamped before each commit to each process's"
-    " receiver. Issue 16's targets: <= 10 % and <= one extra round trip on"
+    " receiver. The targets: <= 10 % and <= one extra round trip on"
     " `write`, p99 < 50 ms on loopback PostgreSQL."
 )
 #: The latency part's polling interval on SQLite.
@@ -101,7 +101,7 @@ def commit_one(app: Flask, db: SessionExt) -> None:
 #: The write workload's adapters: broadcast off, publishing, and publishing
 #: with a receiver in the process (its listener thread running).
 WRITE_ADAPTERS = ("sessionext", "sessionext_publish", "sessionext_receive")
-#: Issue 16's targets.
+#: The targets of broadcast's cost.
 TARGET_RATIO = 1.10
 TARGET_EXTRA_STATEMENTS = 1
 TARGET_P99_MS = 50.0

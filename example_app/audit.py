@@ -50,10 +50,22 @@ def _key(obj: object) -> object:
     return identity[0] if identity else "?"
 
 
+#: The length of the audit summary and outbox subject columns.
+_TEXT_MAX = 200
+
+
+def shorten(text: str, limit: int = _TEXT_MAX) -> str:
+    """``text``, cut to ``limit`` characters with an ellipsis if longer: a
+    200-character title with its state would not fit its column.
+    """
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _summary(obj: object) -> str:
     if isinstance(obj, Task):
-        return f"{obj.title} ({'done' if obj.done else 'open'})"
-    return t.cast(User, obj).name
+        state = "done" if obj.done else "open"
+        return f"{shorten(obj.title, _TEXT_MAX - len(state) - 3)} ({state})"
+    return shorten(t.cast(User, obj).name)
 
 
 def notify(subject: str) -> None:
@@ -62,18 +74,20 @@ def notify(subject: str) -> None:
     """
     from . import db
 
-    db.session.add(OutboxMessage(subject=subject))
+    db.session.add(OutboxMessage(subject=shorten(subject)))
     db.session.commit()
 
 
 @bp.get("/audit")
 def audit_log() -> str:
-    """The newest audit entries and outbox messages."""
+    """The audit entries, newest first, a page at a time (``?page=``), and
+    the newest outbox messages.
+    """
     from . import db
 
-    entries = db.session.scalars(
-        sa.select(AuditEntry).order_by(AuditEntry.id.desc()).limit(100)
-    ).all()
+    entries = db.paginate(
+        sa.select(AuditEntry).order_by(AuditEntry.id.desc()), per_page=25
+    )
     outbox = db.session.scalars(
         sa.select(OutboxMessage).order_by(OutboxMessage.id.desc()).limit(20)
     ).all()

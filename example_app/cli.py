@@ -13,13 +13,17 @@ from .pages import plural
 
 cli = AppGroup("example", help="Jobs of the example app.")
 
+#: A century: older tasks cannot exist, and a cut-off further back than
+#: ``datetime.min`` could not be computed.
+MAX_DAYS = 36500
+
 
 @cli.command("purge-old")
 @click.option(
     "--days",
     default=30,
     show_default=True,
-    type=click.IntRange(min=0),
+    type=click.IntRange(min=0, max=MAX_DAYS),
     help="Delete the archived tasks created more than this many days ago.",
 )
 def purge_old(days: int) -> None:

@@ -10,8 +10,10 @@ import importlib.metadata
 from flask import Flask, render_template
 from werkzeug.exceptions import HTTPException
 
-#: The error statuses a user of the app can meet, shown in its layout.
-ERROR_STATUSES = (400, 404, 405)
+#: The error statuses a user of the app can meet, shown in its layout; 500
+#: too, for an unhandled exception (outside debug and testing, where Flask
+#: shows or raises it).
+ERROR_STATUSES = (400, 404, 405, 500)
 
 
 def docs_url(page: str, section: str = "") -> str:

@@ -34,11 +34,34 @@ def load_acting_user() -> None:
     g.user_name = session.get("user_name", "anonymous")
 
 
+#: The longest title, as the column and the form's ``maxlength`` have it.
+TITLE_MAX = 200
+#: The longest notes: a task's notes are a few lines, not a document.
+NOTES_MAX = 5000
+
+
 def _form_title() -> str:
     title = request.form.get("title", "").strip()
     if not title:
         abort(400, description="A task needs a title.")
-    return title[:200]
+    if len(title) > TITLE_MAX:
+        abort(
+            400,
+            description=f"A title has at most {TITLE_MAX} characters;"
+            f" this one has {len(title)}.",
+        )
+    return title
+
+
+def _form_notes() -> str:
+    notes = request.form.get("notes", "")
+    if len(notes) > NOTES_MAX:
+        abort(
+            400,
+            description=f"Notes have at most {NOTES_MAX} characters;"
+            f" these have {len(notes)}.",
+        )
+    return notes
 
 
 def _task(ident: int) -> Task:
@@ -48,10 +71,24 @@ def _task(ident: int) -> Task:
 
 
 def _owner() -> User | None:
+    """The user picked as owner; ``None`` for nobody.
+
+    :raise BadRequest: the form names no user of the list.
+    """
     from . import db
 
-    owner_id = request.form.get("owner_id", type=int)
-    return db.session.get(User, owner_id) if owner_id else None
+    raw = request.form.get("owner_id", "").strip()
+    if not raw:
+        return None
+    ident = int(raw) if raw.isdecimal() and len(raw) < 10 else 0
+    owner = db.session.get(User, ident) if ident > 0 else None
+    if owner is None:
+        abort(
+            400,
+            description=f"The owner {raw[:40]!r} is not one of the users;"
+            " pick one from the list, or nobody.",
+        )
+    return owner
 
 
 @bp.get("/")
@@ -77,7 +114,7 @@ def create() -> Response:
     """Create a task; the outbox hears of it once the commit went through."""
     from . import db
 
-    task = Task(title=_form_title(), notes=request.form.get("notes", ""))
+    task = Task(title=_form_title(), notes=_form_notes())
     task.owner = _owner()
     db.session.add(task)
     db.on_commit(notify, f"Task created: {task.title}")
@@ -104,7 +141,7 @@ def edit(ident: int) -> str | Response:
         return render_template("edit.html", task=task, users=users)
     with db.transaction():
         task.title = _form_title()
-        task.notes = request.form.get("notes", "")
+        task.notes = _form_notes()
         task.done = "done" in request.form
         task.owner = _owner()
     flash(f"Saved “{task.title}”.")

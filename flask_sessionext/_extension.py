@@ -11,12 +11,15 @@ import sqlalchemy.exc as sa_exc
 import sqlalchemy.orm as orm
 from flask import Flask, abort
 
+from . import pagination
 from ._config.settings import read_settings
 from ._features.outbox import outbox_metadata
 from ._receivers.listener_objects import Registration, connect_methods
 from ._runtime import Runtime
 from ._session import tables as _tables
+from ._session.integer_range import ident_out_of_range, statement_out_of_range
 from ._session.session import Session, app_ctx_scope, engine_for_key
+from ._session.shell import shell_context
 from ._sqlalchemy_private import in_transaction_block
 from .cli import cli
 from .recording import QueryRecord
@@ -119,6 +122,7 @@ class SessionExt:
         app.extensions["sessionext"] = runtime
         app.teardown_appcontext(self._teardown_session)
         app.cli.add_command(cli)
+        app.shell_context_processor(lambda: shell_context(self, self._metadata))
         runtime.start(app)
 
     def _get_state(self, app: Flask) -> Runtime:
@@ -371,18 +375,63 @@ class SessionExt:
         finally:
             session.close()
 
+    def paginate(
+        self,
+        select: sa.Select[t.Any],
+        *,
+        page: int | None = None,
+        per_page: int | None = None,
+        max_per_page: int | None = 100,
+        error_out: bool = True,
+        count: bool = True,
+    ) -> pagination.Pagination:
+        """One page of the results of ``select`` on :attr:`session`, as
+        Flask-SQLAlchemy's ``db.paginate()`` returns it. Runs the page's
+        query, and a ``SELECT count(*)`` of ``select`` without its ``ORDER
+        BY``; the items are ``scalars()`` of ``unique()`` rows.
+
+        :param select: a ``select()`` of a model class, in a stable order.
+        :param page: the page number, from 1; else the request's ``page``
+            query argument, else 1.
+        :param per_page: items per page; else the request's ``per_page``
+            query argument, else 20.
+        :param max_per_page: the largest ``per_page`` taken; ``None`` for no
+            limit.
+        :param error_out: abort with 404 when ``page`` or ``per_page`` is not
+            an int of at least 1, or the page is past the last; else use 1
+            and 20.
+        :param count: query :attr:`~.Pagination.total`; else it is ``None``.
+        """
+        return pagination.paginate(
+            select,
+            self.session(),
+            page=page,
+            per_page=per_page,
+            max_per_page=max_per_page,
+            error_out=error_out,
+            count=count,
+        )
+
     def get_or_404(
         self, entity: type[_O], ident: t.Any, *, description: str | None = None
     ) -> _O:
         """``session.get(entity, ident)``, or abort with 404 when there is no
         such row.
 
+        An ``int`` that the primary key column cannot hold (beyond its
+        type's range) is a 404 without a query.
+
         :param entity: the mapped class.
         :param ident: its primary key, as :meth:`~sqlalchemy.orm.Session.get`
             takes it.
         :param description: the description of the 404 error.
         """
-        value = self.session.get(entity, ident)
+        session = self.session()
+        if ident_out_of_range(session, entity, ident):
+            abort(
+                404, description=description
+            )  # not queried: see _session/integer_range.py
+        value = session.get(entity, ident)
         if value is None:
             abort(404, description=description)
         return value
@@ -397,7 +446,10 @@ class SessionExt:
             is returned.
         :param description: the description of the 404 error.
         """
-        value = self.session.execute(statement).scalar()
+        session = self.session()
+        if statement_out_of_range(session, statement):
+            abort(404, description=description)
+        value = session.execute(statement).scalar()
         if value is None:
             abort(404, description=description)
         return value
@@ -412,7 +464,10 @@ class SessionExt:
             returned.
         :param description: the description of the 404 error.
         """
+        session = self.session()
+        if statement_out_of_range(session, statement):
+            abort(404, description=description)
         try:
-            return self.session.execute(statement).scalar_one()
+            return session.execute(statement).scalar_one()
         except (sa_exc.NoResultFound, sa_exc.MultipleResultsFound):
             abort(404, description=description)

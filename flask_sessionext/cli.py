@@ -114,19 +114,34 @@ def _metadatas(app: Flask) -> t.Mapping[str | None, sa.MetaData]:
     return metadatas
 
 
+def _existing(engine: sa.Engine, metadata: sa.MetaData) -> int:
+    """How many tables of ``metadata`` the database of ``engine`` has."""
+    with engine.connect() as conn:
+        inspector = sa.inspect(conn)
+        return sum(
+            inspector.has_table(table.name, schema=table.schema)
+            for table in metadata.tables.values()
+        )
+
+
 @cli.command("create-all")
 def create_all_command() -> None:
-    """Create the missing tables of every bind from the extension's
-    ``metadata``.
+    """Create the missing tables of every bind from the extension's metadata,
+    and tell how many were created and how many already existed.
     """
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
     state = app.extensions["sessionext"]
     for key, metadata in _metadatas(app).items():
         if not metadata.tables:
             continue  # connects to no bind that has nothing to create
-        metadata.create_all(state.extension.get_engine(key))
+        engine = state.extension.get_engine(key)
+        existed = _existing(engine, metadata)
+        metadata.create_all(engine)
         label = "the default bind" if key is None else f"bind {key!r}"
-        click.echo(f"Created {len(metadata.tables)} table(s) in {label}.")
+        created = len(metadata.tables) - existed
+        click.echo(
+            f"Created {created} table(s) in {label} ({existed} already existed)."
+        )
 
 
 @cli.command("drop-all")
@@ -134,15 +149,22 @@ def create_all_command() -> None:
     "--yes", prompt="Drop every table of every bind? Their data is lost."
 )
 def drop_all_command() -> None:
-    """Drop the tables of the extension's ``metadata`` from every bind."""
+    """Drop the tables of the extension's metadata from every bind, and tell
+    how many were dropped and how many did not exist.
+    """
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
     state = app.extensions["sessionext"]
     for key, metadata in _metadatas(app).items():
         if not metadata.tables:
             continue
-        metadata.drop_all(state.extension.get_engine(key))
+        engine = state.extension.get_engine(key)
+        existed = _existing(engine, metadata)
+        metadata.drop_all(engine)
         label = "the default bind" if key is None else f"bind {key!r}"
-        click.echo(f"Dropped {len(metadata.tables)} table(s) from {label}.")
+        missing = len(metadata.tables) - existed
+        click.echo(
+            f"Dropped {existed} table(s) from {label} ({missing} did not exist)."
+        )
 
 
 def _describe(error: Exception, url: URL) -> str:
@@ -189,8 +211,8 @@ def _outbox_engine(app: Flask) -> tuple[sa.Engine, str, float]:
 
 @cli.command("create-outbox")
 def create_outbox_command() -> None:
-    """Create the outbox table of ``SESSIONEXT_BROADCAST`` in its bind, if
-    it is missing.
+    """Create the outbox table of SESSIONEXT_BROADCAST in its bind, if it
+    is missing.
     """
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
     engine, _, _ = _outbox_engine(app)
@@ -200,8 +222,8 @@ def create_outbox_command() -> None:
 
 @cli.command("prune-outbox")
 def prune_outbox_command() -> None:
-    """Delete the outbox rows of the app's channel older than the ``keep``
-    setting of ``SESSIONEXT_BROADCAST``.
+    """Delete the outbox rows of the app's channel older than the 'keep'
+    setting of SESSIONEXT_BROADCAST.
     """
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
     engine, channel, keep = _outbox_engine(app)

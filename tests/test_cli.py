@@ -32,18 +32,47 @@ def test_create_all_and_drop_all(app: Flask) -> None:
     result = runner.invoke(args=["sessionext", "create-all"])
     try:
         assert result.exit_code == 0, result.output
-        assert "Created 2 table(s) in bind 'other'." in result.output
+        assert "Created 2 table(s) in bind 'other' (0 already existed)." in (
+            result.output
+        )
         assert {"users"} <= _tables(default)
         assert not _tables(default) & {"items", "entries"}
         assert {"items", "entries"} <= _tables(other)
     finally:
         result = runner.invoke(args=["sessionext", "drop-all", "--yes"])
     assert result.exit_code == 0, result.output
-    assert "Dropped 1 table(s) from the default bind." in result.output
+    assert "Dropped 1 table(s) from the default bind (0 did not exist)." in (
+        result.output
+    )
     assert not _tables(default) & {"users", "items", "entries"}
     assert not _tables(other) & {"users", "items", "entries"}
     default.dispose()
     other.dispose()
+
+
+def test_create_all_and_drop_all_twice(app: Flask) -> None:
+    """Run twice, create-all counts the tables that already existed and
+    drop-all the tables that did not exist.
+    """
+    db = SessionExt(app, metadata=[Base.metadata, OtherBase.metadata])
+    runner = app.test_cli_runner()
+    with app.app_context():
+        engines = db.engines
+    commands = [["create-all"]] * 2 + [["drop-all", "--yes"]] * 2
+    outputs = [runner.invoke(args=["sessionext", *cmd]).output for cmd in commands]
+    assert outputs == [
+        "Created 1 table(s) in the default bind (0 already existed).\n"
+        "Created 1 table(s) in bind 'other' (0 already existed).\n",
+        "Created 0 table(s) in the default bind (1 already existed).\n"
+        "Created 0 table(s) in bind 'other' (1 already existed).\n",
+        "Dropped 1 table(s) from the default bind (0 did not exist).\n"
+        "Dropped 1 table(s) from bind 'other' (0 did not exist).\n",
+        "Dropped 0 table(s) from the default bind (1 did not exist).\n"
+        "Dropped 0 table(s) from bind 'other' (1 did not exist).\n",
+    ]
+    assert not _tables(engines[None]) & {"users"}
+    for engine in engines.values():
+        engine.dispose()
 
 
 def test_drop_all_asks(app: Flask) -> None:

@@ -154,9 +154,9 @@ def test_users_and_bulk_archive(example: Flask) -> None:
     client = example.test_client()
     client.post("/users", data={"name": "Kim"})
     users = client.get("/users").text
-    assert "Kim (0 tasks)" in users
-    assert "Grace (1 task)" in users
-    assert "Ada (2 tasks)" in users
+    assert "<bdi>Kim</bdi> (0 tasks)" in users
+    assert "<bdi>Grace</bdi> (1 task)" in users
+    assert "<bdi>Ada</bdi> (2 tasks)" in users
     before = audit_rows(example)
     response = client.post("/tasks/archive-done", follow_redirects=True)
     assert (

@@ -24,6 +24,7 @@ import sqlalchemy.orm as orm
 from flask import Flask
 
 from .binds import BindSettings, merge_options, read_binds
+from .keys import check_keys
 from .passwords import describe, quote
 from .refused_options import check_session_options
 
@@ -110,9 +111,11 @@ def read_settings(
     ``app.instance_path`` when a SQLite path is relative to it.
 
     :raise TypeError: a value has the wrong type.
-    :raise ValueError: a value is not accepted.
+    :raise ValueError: a value is not accepted; a ``SESSIONEXT_*`` key is
+        unknown, or a Flask-SQLAlchemy key is set without its counterpart.
     """
     config = app.config
+    check_keys(config)
     commit = get_bool(app, "SESSIONEXT_COMMIT_ON_TEARDOWN", False)
     raise_receiver_errors(app)
     recording = _recording(app)
