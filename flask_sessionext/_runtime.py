@@ -284,7 +284,8 @@ class Runtime:
                 return
         if collected:  # a weakly connected receiver died: say so
             report_collected(app)
-        self.collect()
+        if self._watching or self.listeners.pending:  # else nothing to collect
+            self.collect()
         if not registry.has():
             return
         session = registry()
