@@ -297,30 +297,22 @@ def report(signal: t.Any, app: Flask, **kwargs: t.Any) -> None:
     """Send ``signal`` for something that already happened, by ``app``, to its
     receivers for ``app``: :func:`run` without ``propagate``.
     """
-    if not signal.is_muted:
-        run(
-            app,
-            signal.name,
-            resolve(signal.receivers_for(app)),
-            (app,),
-            kwargs,
-            propagate=False,
-        )
+    _send(signal, app, kwargs, propagate=False)
 
 
 def veto(signal: t.Any, app: Flask, **kwargs: t.Any) -> None:
     """Send ``signal`` before an action, by ``app``: a receiver's exception
     propagates, to stop the action (:func:`run` with ``propagate``).
     """
+    _send(signal, app, kwargs, propagate=True)
+
+
+def _send(
+    signal: t.Any, app: Flask, kwargs: dict[str, t.Any], *, propagate: bool
+) -> None:
     if not signal.is_muted:
-        run(
-            app,
-            signal.name,
-            resolve(signal.receivers_for(app)),
-            (app,),
-            kwargs,
-            propagate=True,
-        )
+        receivers = resolve(signal.receivers_for(app))
+        run(app, signal.name, receivers, (app,), kwargs, propagate=propagate)
 
 
 def run_async(

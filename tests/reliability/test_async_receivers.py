@@ -135,6 +135,20 @@ def test_failing_async_receiver_is_named_in_the_log(
         assert db.session.scalars(sa.select(User.name)).all() == ["ada"]
 
 
+def _both_views(app: Flask, add_user: t.Callable[[str], str]) -> None:
+    """``POST /async/<name>`` and ``POST /sync/<name>``, an ``async def``
+    and a plain view of ``add_user``.
+    """
+
+    @app.post("/async/<name>")
+    async def add_async(name: str) -> str:
+        return add_user(name)
+
+    @app.post("/sync/<name>")
+    def add_sync(name: str) -> str:
+        return add_user(name)
+
+
 class _AsyncCallable:
     """A receiver object whose ``__call__`` is ``async def``."""
 
@@ -166,13 +180,7 @@ def test_async_call_objects_run(app: Flask, db: SessionExt, view: str) -> None:
         db.session.commit()
         return "added"
 
-    @app.post("/async/<name>")
-    async def add_async(name: str) -> str:
-        return add_user(name)
-
-    @app.post("/sync/<name>")
-    def add_sync(name: str) -> str:
-        return add_user(name)
+    _both_views(app, add_user)
 
     with (
         signals.after_commit.connected_to(after_commit, app),
@@ -201,13 +209,7 @@ def test_async_call_object_error_is_raised(
             db.session.commit()
         return "raised"
 
-    @app.post("/async/<name>")
-    async def add_async(name: str) -> str:
-        return add_user(name)
-
-    @app.post("/sync/<name>")
-    def add_sync(name: str) -> str:
-        return add_user(name)
+    _both_views(app, add_user)
 
     with (
         caplog.at_level(logging.ERROR),
