@@ -18,7 +18,7 @@ from flask import Flask
 from sqlalchemy.engine import URL
 from sqlalchemy.pool import QueuePool
 
-from . import _liveness
+from . import _liveness, _sqlite_pragmas
 from ._passwords import describe, mask_url, quote
 
 _ENGINE_KEY = "SESSIONEXT_ENGINE_OPTIONS"
@@ -47,6 +47,11 @@ class BindSettings:
     origins: Mapping[str, str]
     #: Whether the check of :mod:`._liveness` replaces ``pool_pre_ping``.
     liveness: bool
+    #: The PRAGMAs set on every new connection of a SQLite bind (see
+    #: :mod:`._sqlite_pragmas`); empty for other databases.
+    pragmas: Mapping[str, str] = dataclasses.field(
+        default_factory=lambda: MappingProxyType({})
+    )
 
 
 def merge_options(
@@ -195,8 +200,14 @@ def _bind(app: Flask, raw: _RawBind, ping_after_idle: float) -> BindSettings:
             " 'postgresql+psycopg://user:password@127.0.0.1/app'."
         ) from None
     liveness = _liveness.replaces_pre_ping(url, options, ping_after_idle)
+    # Not an option of create_engine(); ignored on other databases.
+    pragma_option = options.pop(_sqlite_pragmas.OPTION, None)
+    pragma_origin = origins.pop(_sqlite_pragmas.OPTION, ENGINE_ARGUMENT)
+    pragmas: Mapping[str, str] = MappingProxyType({})
     if url.get_backend_name() == "sqlite":
+        file = not _is_memory(url)
         url = _sqlite_defaults(app, url, options)
+        pragmas = _sqlite_pragmas.read_pragmas(pragma_origin, pragma_option, file=file)
     elif not liveness:
         options.setdefault("pool_pre_ping", True)
     for name in options:
@@ -208,7 +219,14 @@ def _bind(app: Flask, raw: _RawBind, ping_after_idle: float) -> BindSettings:
         options=MappingProxyType(options),
         origins=MappingProxyType(origins),
         liveness=liveness,
+        pragmas=pragmas,
     )
+
+
+def _is_memory(url: URL) -> bool:
+    """Whether the SQLite ``url`` names an in-memory database."""
+    database = url.database
+    return database in (None, "", ":memory:") or url.query.get("mode") == "memory"
 
 
 def _sqlite_defaults(app: Flask, url: URL, options: dict[str, t.Any]) -> URL:
@@ -216,7 +234,7 @@ def _sqlite_defaults(app: Flask, url: URL, options: dict[str, t.Any]) -> URL:
     relative path under ``app.instance_path``.
     """
     database = url.database
-    if database in (None, "", ":memory:") or (url.query.get("mode") == "memory"):
+    if database is None or _is_memory(url):
         # One connection, so every thread sees the same database, checked
         # out by one session at a time: a transaction on it is shared by all
         # its users, so another thread's commit would commit this one's work.

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 import sqlalchemy.exc as sa_exc
 from sqlalchemy.engine import URL
 
-from . import _fork_safety, _liveness, _sqlite_transactions
+from . import _fork_safety, _liveness, _sqlite_pragmas, _sqlite_transactions
 from ._bind_settings import ENGINE_ARGUMENT, BindSettings
 from ._listeners import Listeners
 from ._passwords import cause, mask_url
@@ -56,11 +56,13 @@ def create_engines(settings: Settings) -> dict[str | None, sa.Engine]:
 def prepare_engines(
     engines: Mapping[str | None, sa.Engine], settings: Settings, listeners: Listeners
 ) -> None:
-    """Give each engine what the extension adds to it: the transaction fix
-    of the ``sqlite3`` driver, the liveness check of PostgreSQL connections
-    (where it replaces ``pool_pre_ping``), and fork safety.
+    """Give each engine what the extension adds to it: the PRAGMAs of SQLite
+    and the transaction fix of the ``sqlite3`` driver, the liveness check of
+    PostgreSQL connections (where it replaces ``pool_pre_ping``), and fork
+    safety.
     """
     for key, engine in engines.items():
+        _sqlite_pragmas.install(listeners, engine, settings.binds[key].pragmas)
         if _sqlite_transactions.needs_fix(engine):
             _sqlite_transactions.install(engine)
         elif settings.binds[key].liveness:
