@@ -60,9 +60,10 @@ class Forked:
         """Wait for the child to exit, and return the text its function
         returned; the child must have exited successfully.
         """
-        _, status = os.waitpid(self.pid, 0)
+        # Read first: a child blocks on a full pipe until it is read.
         with os.fdopen(self._read_end) as pipe:
             text = pipe.read()
+        _, status = os.waitpid(self.pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
         return text
 
