@@ -253,3 +253,22 @@ def test_lock_error_names_cause_and_fix(tmp_path: Path) -> None:
         other.close()
         db.session.remove()
         db.engine.dispose()
+
+
+def test_sqlite_begins_are_no_queries(sqlite_db: SessionExt) -> None:
+    """The BEGIN IMMEDIATE of immediate=True and of a first SAVEPOINT reach
+    no cursor event.
+    """
+    statements: list[str] = []
+    # The engine is the test's own, so the listener goes with it.
+    sa.event.listen(
+        sqlite_db.engine,
+        "before_cursor_execute",
+        lambda *args: statements.append(args[2].split()[0]),
+    )
+    with sqlite_db.transaction(immediate=True) as session:
+        session.execute(sa.select(User))
+    with sqlite_db.session.begin_nested():
+        sqlite_db.session.execute(sa.select(User))
+    sqlite_db.session.rollback()
+    assert statements == ["SELECT", "SAVEPOINT", "SELECT", "RELEASE"]
