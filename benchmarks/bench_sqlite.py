@@ -2,7 +2,7 @@
 is locked" errors.
 
 Each setup runs in 2 and 4 processes of 4 threads each, all started at once
-on one file, for a few seconds per workload: ``read`` (five primary-key
+on one file, three times 2 seconds per workload: ``read`` (five primary-key
 reads), ``write`` (ten inserts and a commit) and ``rw`` (a read, then an
 insert and a commit). Requests go straight to the WSGI callable of the
 adapters of :mod:`.bench_apps`. Besides the adapters with their own
@@ -17,6 +17,7 @@ of the successful requests.
 from __future__ import annotations
 
 import multiprocessing
+import statistics
 import threading
 import time
 import typing as t
@@ -25,20 +26,26 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from werkzeug.test import EnvironBuilder
 
+from flask_sessionext import _sqlite_pragmas
+
 from . import bench_apps
 
 #: The method, for the report.
 METHOD = (
     "2 and 4 processes of 4 threads each on one SQLite file, each thread"
-    " sending requests to the WSGI callable for 4 seconds: 'read' (five"
+    " sending requests to the WSGI callable for 2 seconds, three times over"
+    " the run (the table gives the median requests/s and all errors): 'read' (five"
     " primary-key reads), 'write' (ten inserts, a commit), 'rw' (a read,"
     " then an insert and a commit). 'locked' counts 'database is locked'"
-    " errors. begin_deferred and begin_immediate are this extension with the"
+    " errors. raw_wal is plain SQLAlchemy with the PRAGMAs this extension"
+    " sets (WAL, synchronous=NORMAL, foreign keys), raw and fsa have SQLite's"
+    " defaults. begin_deferred and begin_immediate are this extension with the"
     " session's transaction begun at once, by BEGIN (version 0.1) or BEGIN"
     " IMMEDIATE: the modes it did not choose."
 )
 SETUPS = (
     "raw",
+    "raw_wal",
     "fsa",
     "sessionext",
     "sessionext_broadcast",
@@ -50,6 +57,8 @@ WORKLOADS = ("read", "write", "rw")
 #: Rows each request of a workload inserts.
 ROWS = {"read": 0, "write": 10, "rw": 1}
 THREADS = 4
+#: Runs of each cell in a full run; the table gives the median.
+REPEATS = 3
 
 
 @dataclass
@@ -65,6 +74,15 @@ class Figures:
 
 
 def _adapter(setup: str, url: str) -> bench_apps.Adapter:
+    if setup == "raw_wal":
+        adapter = bench_apps.make("raw", url)
+
+        @sa.event.listens_for(adapter.engine, "connect")
+        def pragmas(dbapi_connection: t.Any, record: t.Any) -> None:
+            for name, value in _sqlite_pragmas.DEFAULTS.items():
+                dbapi_connection.execute(f"PRAGMA {name} = {value}").fetchall()
+
+        return adapter
     if setup == "sessionext_broadcast":
         return bench_apps.make("sessionext_receive", url)
     if setup.startswith("begin_"):
@@ -167,6 +185,18 @@ def measure(
     )
 
 
+def _combine(runs: list[Figures]) -> Figures:
+    """The median requests per second of ``runs``, and all their errors."""
+    errors = [f.first_error for f in runs if f.first_error]
+    return Figures(
+        requests_per_second=statistics.median(f.requests_per_second for f in runs),
+        locked=sum(f.locked for f in runs),
+        other_errors=sum(f.other_errors for f in runs),
+        rows_ok=all(f.rows_ok for f in runs),
+        first_error=errors[0] if errors else "",
+    )
+
+
 def section(
     url_for: t.Callable[[str], str], quick: bool
 ) -> tuple[str, list[str], dict[str, t.Any]]:
@@ -175,17 +205,22 @@ def section(
     """
     setups = QUICK_SETUPS if quick else SETUPS
     counts = (2,) if quick else (2, 4)
-    seconds = 0.5 if quick else 4.0
-    figures: dict[str, dict[str, Figures]] = {}
-    for setup in setups:
+    seconds, repeats = (0.5, 1) if quick else (2.0, REPEATS)
+    cells = [f"{w} x{p}" for w in WORKLOADS for p in counts]
+    runs: dict[tuple[str, str], list[Figures]] = {}
+    # The setups of one cell one after the other, so the machine's drift
+    # hits them alike, and each cell several times over the run.
+    for repeat in range(repeats):
         for workload in WORKLOADS:
             for processes in counts:
-                url = url_for(f"{setup}_{workload}_{processes}")
-                cell = f"{workload} x{processes}"
-                figures.setdefault(setup, {})[cell] = measure(
-                    setup, url, workload, processes, seconds
-                )
-    cells = list(figures[setups[0]])
+                for setup in setups:
+                    url = url_for(f"{setup}_{workload}_{processes}_{repeat}")
+                    runs.setdefault((setup, f"{workload} x{processes}"), []).append(
+                        measure(setup, url, workload, processes, seconds)
+                    )
+    figures = {
+        setup: {cell: _combine(runs[setup, cell]) for cell in cells} for setup in setups
+    }
     header = " | ".join(f"{c} req/s | {c} locked" for c in cells)
     lines = [f"| setup | {header} |", "|---|" + "---|---|" * len(cells)]
     for setup, by_cell in figures.items():
@@ -207,11 +242,15 @@ def section(
     for cell in cells:
         ours = figures["sessionext"][cell].requests_per_second
         raw = figures["raw"][cell].requests_per_second
-        targets.append(
+        line = (
             f"{cell}: sessionext {ours:.0f} req/s, raw {raw:.0f} req/s"
             f" ({ours / raw if raw else 0:.2f} x), target >= raw: "
             + ("met" if ours >= raw else "MISSED")
         )
+        if "raw_wal" in figures:
+            wal = figures["raw_wal"][cell].requests_per_second
+            line += f"; raw_wal {wal:.0f} req/s ({ours / wal if wal else 0:.2f} x)"
+        targets.append(line)
     for setup, by_cell in figures.items():
         for cell, f in by_cell.items():
             if f.first_error:
