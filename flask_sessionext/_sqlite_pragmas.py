@@ -6,6 +6,7 @@ engine option.
 from __future__ import annotations
 
 import re
+import time
 import typing as t
 from collections.abc import Mapping
 from types import MappingProxyType
@@ -15,6 +16,7 @@ from sqlalchemy.pool import ConnectionPoolEntry
 
 from ._listeners import Listeners
 from ._passwords import describe
+from ._sqlite_transactions import is_locked
 
 #: The engine option that changes the PRAGMAs; not one of ``create_engine()``.
 OPTION = "sqlite_pragmas"
@@ -79,12 +81,45 @@ def install(
     listeners: Listeners, engine: sa.Engine, pragmas: Mapping[str, str]
 ) -> None:
     """Set ``pragmas`` on every new connection of ``engine``."""
-    statements = tuple(f"PRAGMA {name} = {value}" for name, value in pragmas.items())
-    if not statements:
+    if not pragmas:
         return
+    items = tuple(pragmas.items())
 
     def connect(dbapi_connection: t.Any, record: ConnectionPoolEntry) -> None:
-        for statement in statements:
-            dbapi_connection.execute(statement).fetchall()
+        cursor = dbapi_connection.cursor()
+        try:
+            for name, value in items:
+                if name == "journal_mode":
+                    _set_journal_mode(cursor, value)
+                else:
+                    _pragma(cursor, f"{name} = {value}")
+        finally:
+            cursor.close()
 
     listeners.add(engine, "connect", connect)
+
+
+def _pragma(cursor: t.Any, text: str) -> list[t.Any]:
+    cursor.execute(f"PRAGMA {text}")
+    return list(cursor.fetchall())
+
+
+def _set_journal_mode(cursor: t.Any, mode: str) -> None:
+    """Set the journal mode of the file, unless it has it already.
+
+    The mode is stored in the file, so only the first connection changes
+    it; a change needs the file to itself, and SQLite refuses it at once,
+    without its busy timeout, while another connection uses the file (as
+    when several processes start on a new file together). Retry, then,
+    until one of them has changed it, for up to the busy timeout.
+    """
+    timeout = int(_pragma(cursor, "busy_timeout")[0][0]) / 1000
+    deadline = time.monotonic() + timeout
+    while str(_pragma(cursor, "journal_mode")[0][0]).lower() != mode.lower():
+        try:
+            _pragma(cursor, f"journal_mode = {mode}")
+            return
+        except Exception as e:
+            if not is_locked(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)

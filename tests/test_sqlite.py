@@ -5,6 +5,7 @@ that begin at the first write, ``immediate=True``, and the lock error.
 from __future__ import annotations
 
 import sqlite3
+import time
 import typing as t
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from flask import Flask, current_app
 
 from flask_sessionext import SessionExt, signals
 
+from helpers import fork
 from models import Base, User
 
 
@@ -272,3 +274,23 @@ def test_sqlite_begins_are_no_queries(sqlite_db: SessionExt) -> None:
         sqlite_db.session.execute(sa.select(User))
     sqlite_db.session.rollback()
     assert statements == ["SELECT", "SAVEPOINT", "SELECT", "RELEASE"]
+
+
+def test_processes_on_a_new_file_all_get_wal(tmp_path: Path) -> None:
+    """Processes that open a new SQLite file at the same moment all connect,
+    and in WAL mode, though only one of them can switch the file to it.
+    """
+    url = f"sqlite:///{tmp_path / 'new.sqlite3'}"
+    start = time.time() + 1.0
+
+    def child() -> str:
+        app = Flask(__name__, instance_path=str(tmp_path / "instance"))
+        app.config["SESSIONEXT_DATABASE_URI"] = url
+        db = SessionExt(app)
+        time.sleep(max(start - time.time(), 0))  # all connect together
+        with app.app_context(), db.engine.connect() as conn:
+            mode = conn.exec_driver_sql("PRAGMA journal_mode").scalar()
+        return str(mode)
+
+    children = [fork(child) for _ in range(6)]
+    assert [c.result() for c in children] == ["wal"] * 6
