@@ -3,7 +3,8 @@ peers, side by side in one process.
 
 Whole requests through the adapters of ``bench_apps`` on SQLite and/or
 PostgreSQL (the throwaway server the tests use) and the cost and latency of
-``SESSIONEXT_BROADCAST`` (``bench_broadcast``), then the micro benchmarks of
+``SESSIONEXT_BROADCAST`` (``bench_broadcast``); on SQLite, several processes
+on one file (``bench_sqlite``); then the micro benchmarks of
 the signal bridge, change tracking and query recording. Writes the tables as
 Markdown and JSON. ``--quick`` is a smoke run of about a minute that fails only on
 errors, never on timings.
@@ -23,7 +24,14 @@ import typing as t
 from dataclasses import asdict
 from pathlib import Path
 
-from . import bench_apps, bench_broadcast, bench_changes, bench_recording, bench_signals
+from . import (
+    bench_apps,
+    bench_broadcast,
+    bench_changes,
+    bench_recording,
+    bench_signals,
+    bench_sqlite,
+)
 
 TARGET_WORKLOADS = ("nodb", "empty", "read", "write")
 
@@ -186,6 +194,26 @@ def main(argv: list[str] | None = None) -> int:
             "",
         ]
         report["broadcast"][database] = {"figures": b_figures, "targets": b_targets}
+        if database == "sqlite":
+            with tempfile.TemporaryDirectory() as tmp:
+                p_table, p_targets, p_figures = bench_sqlite.section(
+                    lambda name, tmp=tmp: f"sqlite:///{tmp}/{name}.sqlite3", args.quick
+                )
+            print(
+                "\n== SQLite, several processes on one file ==\n"
+                f"{p_table}\n" + "\n".join(p_targets)
+            )
+            markdown += [
+                "## sqlite, several processes on one file",
+                "",
+                bench_sqlite.METHOD,
+                "",
+                p_table,
+                "",
+                *[f"- {line}" for line in p_targets],
+                "",
+            ]
+            report["sqlite_processes"] = {"figures": p_figures, "targets": p_targets}
 
     micro: list[tuple[str, t.Callable[[], t.Any]]] = [
         (

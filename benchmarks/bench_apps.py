@@ -84,6 +84,14 @@ def _views(app: Flask, session: Session, model: type[t.Any]) -> None:
         s.commit()
         return "ok"
 
+    @app.get("/rw")
+    def read_write() -> str:
+        s = session()
+        s.get(model, 1)
+        s.add(model(name="rw"))
+        s.commit()
+        return "ok"
+
     @app.get("/bulk")
     def bulk() -> str:
         s = session()
@@ -183,6 +191,13 @@ def _lite(url: str) -> Adapter:
 
 def build(name: str, url: str) -> Adapter:
     """The adapter ``name`` on database ``url``, its table created and seeded."""
+    adapter = make(name, url)
+    reset(adapter)
+    return adapter
+
+
+def make(name: str, url: str) -> Adapter:
+    """The adapter ``name`` on database ``url``, its table as it is."""
     factories: dict[str, t.Callable[[], Adapter]] = {
         "raw": lambda: _raw(url),
         "raw_again": lambda: _raw(url),
@@ -197,9 +212,7 @@ def build(name: str, url: str) -> Adapter:
         "sessionext_publish": lambda: _sessionext(url, False, broadcast="publish"),
         "sessionext_receive": lambda: _sessionext(url, False, broadcast="receive"),
     }
-    adapter = factories[name]()
-    reset(adapter)
-    return adapter
+    return factories[name]()
 
 
 def reset(adapter: Adapter) -> None:

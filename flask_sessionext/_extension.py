@@ -13,6 +13,7 @@ from flask import Flask, abort
 
 from . import pagination
 from ._config.settings import read_settings
+from ._engines.sqlite_transactions import explain, take_write_locks
 from ._features.outbox import outbox_metadata
 from ._receivers.listener_objects import Registration, connect_methods
 from ._runtime import Runtime
@@ -318,7 +319,7 @@ class SessionExt:
         state.on_commit(self.session(), (func, args, kwargs))
 
     @contextmanager
-    def transaction(self) -> Iterator[Session]:
+    def transaction(self, *, immediate: bool = False) -> Iterator[Session]:
         """A unit of work on :attr:`session`, yielding that session.
 
         The outermost block owns the session's transaction, joining one that
@@ -333,28 +334,38 @@ class SessionExt:
                 with db.transaction():  # SAVEPOINT
                     db.session.add(payment)
 
+        :param immediate: on SQLite, begin with ``BEGIN IMMEDIATE`` on every
+            SQLite database of the app, so that the block holds the write
+            lock from its first read: no other connection writes between
+            what it reads and what it writes. Ignored on other databases.
         :raise RuntimeError: no application context is pushed.
         """
+        state = self._current_state()
         session = self.session()
         depth: int = session.info.get(_DEPTH, 0)
         session.info[_DEPTH] = depth + 1
         try:
             # Inside ``with session.begin():`` that block owns the transaction.
             if depth or in_transaction_block(session):
+                if immediate:
+                    take_write_locks(session, state.engines.values())
                 with session.begin_nested():
                     yield session
             else:
                 try:
+                    if immediate:
+                        take_write_locks(session, state.engines.values())
                     yield session
                     session.commit()
-                except BaseException:
+                except BaseException as e:
+                    explain(e)
                     session.rollback()
                     raise
         finally:
             session.info[_DEPTH] = depth
 
     @contextmanager
-    def session_scope(self) -> Iterator[Session]:
+    def session_scope(self, *, immediate: bool = False) -> Iterator[Session]:
         """A new Session of the current app, independent of :attr:`session`:
         committed when the block succeeds, rolled back when it raises, and
         closed in any case. For background jobs, CLI commands and work that
@@ -363,13 +374,18 @@ class SessionExt:
             with db.session_scope() as session:
                 session.add(entry)
 
+        :param immediate: as for :meth:`transaction`.
         :raise RuntimeError: no application context is pushed.
         """
-        session = self._current_state().sessionmaker()
+        state = self._current_state()
+        session = state.sessionmaker()
         try:
+            if immediate:
+                take_write_locks(session, state.engines.values())
             yield session
             session.commit()
-        except BaseException:
+        except BaseException as e:
+            explain(e)
             session.rollback()
             raise
         finally:

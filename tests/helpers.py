@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -68,24 +69,39 @@ class Forked:
         returned; the child must have exited successfully within ``timeout``
         seconds, or it is killed and the test fails instead of hanging.
         """
+        # Read while waiting: a child blocks on a full pipe until it is read.
         deadline = time.monotonic() + timeout
-        while True:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.monotonic() > deadline:
-                os.kill(self.pid, signal.SIGKILL)
-                os.waitpid(self.pid, 0)
-                os.close(self._read_end)
-                raise AssertionError(
-                    f"the forked process {self.pid} did not exit within"
-                    f" {timeout} s: it hangs"
-                )
-            time.sleep(0.01)
-        with os.fdopen(self._read_end) as pipe:
-            text = pipe.read()
+        chunks: list[bytes] = []
+        status: int | None = None
+        os.set_blocking(self._read_end, False)
+        try:
+            while True:
+                ready, _, _ = select.select([self._read_end], [], [], 0.01)
+                chunk = os.read(self._read_end, 65536) if ready else b""
+                if chunk:
+                    chunks.append(chunk)
+                    continue
+                if status is not None and not ready:
+                    break  # exited, and its output read
+                if status is None:
+                    pid, code = os.waitpid(self.pid, os.WNOHANG)
+                    if pid:
+                        status = code
+                        continue
+                if ready and status is not None:
+                    break  # end of file after the exit
+                if time.monotonic() > deadline:
+                    os.kill(self.pid, signal.SIGKILL)
+                    os.waitpid(self.pid, 0)
+                    raise AssertionError(
+                        f"the forked process {self.pid} did not exit within"
+                        f" {timeout} s: it hangs"
+                    )
+        finally:
+            os.close(self._read_end)
+        assert status is not None
         assert os.waitstatus_to_exitcode(status) == 0
-        return text
+        return b"".join(chunks).decode()
 
 
 def fork(child: t.Callable[[], str]) -> Forked:

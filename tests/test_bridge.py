@@ -42,14 +42,17 @@ def listeners(db: SessionExt, entry: BridgedEvent) -> int:
     return len(getattr(target[entry.target].dispatch, entry.name))
 
 
-def liveness(db: SessionExt, entry: BridgedEvent) -> int:
-    """1 when ``entry``'s event carries the listener of the liveness check,
-    which PostgreSQL with psycopg has on its pool's ``checkout`` and
-    ``checkin`` without any receiver, else 0.
+def own_listeners(db: SessionExt, entry: BridgedEvent) -> int:
+    """1 when ``entry``'s event carries a listener that the extension installs
+    without any receiver: the liveness check's, which PostgreSQL with psycopg
+    has on its pool's ``checkout`` and ``checkin``, and the PRAGMAs', which a
+    SQLite file has on its pool's ``connect``; else 0.
     """
     engine = db.engine
     checked = engine.dialect.driver == "psycopg" and not engine.pool._pre_ping
-    return int(checked and entry.name in ("checkout", "checkin"))
+    if checked and entry.name in ("checkout", "checkin"):
+        return 1
+    return int(engine.dialect.name == "sqlite" and entry.name == "connect")
 
 
 def recorder(sent: Sent) -> t.Callable[..., None]:
@@ -63,7 +66,8 @@ def recorder(sent: Sent) -> t.Callable[..., None]:
 
 def test_no_listener_without_receivers(app_ctx: AppContext, db: SessionExt) -> None:
     """An app with no receivers carries no listener of this package but the
-    liveness check's pool listeners on PostgreSQL: its engines have otherwise
+    liveness check's pool listeners on PostgreSQL and the PRAGMAs' on a
+    SQLite file: its engines have otherwise
     exactly the listeners of a plain engine, and its engine and dialect stay
     on SQLAlchemy's no-event fast path.
     """
@@ -77,7 +81,7 @@ def test_no_listener_without_receivers(app_ctx: AppContext, db: SessionExt) -> N
         expected = 0
         if entry.target != "session":
             expected = len(getattr(targets[entry.target].dispatch, entry.name))
-        assert listeners(db, entry) == expected + liveness(db, entry), entry.name
+        assert listeners(db, entry) == expected + own_listeners(db, entry), entry.name
     assert db.engine._has_events is False
     assert db.engine.dialect._has_events is False
     plain.dispose()
@@ -88,12 +92,13 @@ def test_connect_installs_exactly_one_listener(
     app: Flask, db: SessionExt, entry: BridgedEvent
 ) -> None:
     """Receivers install one listener per target, however many connect and
-    however they connect (sharing the liveness check's, where there is one),
+    however they connect (sharing the liveness check's or the PRAGMAs',
+    where there is one),
     and the last disconnect removes it.
     """
     with app.app_context():
         before = listeners(db, entry)
-        after = before + 1 - liveness(db, entry)
+        after = before + 1 - own_listeners(db, entry)
     first, second = recorder([]), recorder([])
     with (
         entry.signal.connected_to(first),

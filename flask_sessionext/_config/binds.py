@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import typing as t
 from collections.abc import Mapping
 from types import MappingProxyType
@@ -46,6 +47,11 @@ class BindSettings:
     origins: Mapping[str, str]
     #: Whether the check of :mod:`.._engines.liveness` replaces ``pool_pre_ping``.
     liveness: bool
+    #: The PRAGMAs set on every new connection of a SQLite bind (see
+    #: :mod:`.._engines.sqlite_transactions`); empty for other databases.
+    pragmas: Mapping[str, str] = dataclasses.field(
+        default_factory=lambda: MappingProxyType({})
+    )
 
 
 def merge_options(
@@ -194,8 +200,14 @@ def _bind(app: Flask, raw: _RawBind, ping_after_idle: float) -> BindSettings:
             " 'postgresql+psycopg://user:password@127.0.0.1/app'."
         ) from None
     liveness = replaces_pre_ping(url, options, ping_after_idle)
+    # Not an option of create_engine(); ignored on other databases.
+    pragma_option = options.pop(PRAGMAS_OPTION, None)
+    pragma_origin = origins.pop(PRAGMAS_OPTION, ENGINE_ARGUMENT)
+    pragmas: Mapping[str, str] = MappingProxyType({})
     if url.get_backend_name() == "sqlite":
+        file = not _is_memory(url)
         url = _sqlite_defaults(app, url, options)
+        pragmas = read_pragmas(pragma_origin, pragma_option, file=file)
     elif not liveness:
         options.setdefault("pool_pre_ping", True)
     for name in options:
@@ -207,7 +219,14 @@ def _bind(app: Flask, raw: _RawBind, ping_after_idle: float) -> BindSettings:
         options=MappingProxyType(options),
         origins=MappingProxyType(origins),
         liveness=liveness,
+        pragmas=pragmas,
     )
+
+
+def _is_memory(url: URL) -> bool:
+    """Whether the SQLite ``url`` names an in-memory database."""
+    database = url.database
+    return database in (None, "", ":memory:") or url.query.get("mode") == "memory"
 
 
 def _sqlite_defaults(app: Flask, url: URL, options: dict[str, t.Any]) -> URL:
@@ -215,7 +234,7 @@ def _sqlite_defaults(app: Flask, url: URL, options: dict[str, t.Any]) -> URL:
     relative path under ``app.instance_path``.
     """
     database = url.database
-    if database in (None, "", ":memory:") or (url.query.get("mode") == "memory"):
+    if database is None or _is_memory(url):
         # One connection, so every thread sees the same database, checked
         # out by one session at a time: a transaction on it is shared by all
         # its users, so another thread's commit would commit this one's work.
@@ -254,3 +273,62 @@ def replaces_pre_ping(
         and dialect.driver == "psycopg"
         and not dialect.is_async
     )
+
+
+#: The engine option that changes the PRAGMAs; not one of ``create_engine()``.
+PRAGMAS_OPTION = "sqlite_pragmas"
+
+#: What a file database gets, in this order (journal_mode needs no
+#: transaction, so it goes first):
+#:
+#: - ``journal_mode=WAL``: readers do not block the writer, nor it them;
+#: - ``synchronous=NORMAL``: in WAL mode, durable except for the last
+#:   commits at a power loss, never corrupt, and no fsync per commit;
+#: - ``foreign_keys=ON``: the ``FOREIGN KEY`` constraints are enforced.
+PRAGMA_DEFAULTS: Mapping[str, str] = MappingProxyType(
+    {"journal_mode": "WAL", "synchronous": "NORMAL", "foreign_keys": "ON"}
+)
+
+_PRAGMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_PRAGMA_VALUE = re.compile(r"-?[A-Za-z0-9_]+\Z")
+
+
+def read_pragmas(where: str, value: object, *, file: bool) -> Mapping[str, str]:
+    """The PRAGMAs of a SQLite bind: :data:`PRAGMA_DEFAULTS` for a file database
+    (none for an in-memory one), updated by ``value``, the ``sqlite_pragmas``
+    option set in ``where``; a PRAGMA whose value is ``None`` is not set.
+
+    :raise TypeError: ``value`` is not a mapping of names to strings,
+        integers or ``None``.
+    :raise ValueError: a name or value is not a plain word or number.
+    """
+    pragmas = dict(PRAGMA_DEFAULTS) if file else {}
+    if value is None:
+        return MappingProxyType(pragmas)
+    if not isinstance(value, Mapping):
+        raise TypeError(
+            f"{where} has '{PRAGMAS_OPTION}' = {describe(value)}; give a mapping of"
+            " PRAGMA names to values, such as {'journal_mode': 'DELETE'},"
+            " where None leaves a PRAGMA unset."
+        )
+    for name, setting in value.items():
+        if not isinstance(name, str) or not _PRAGMA_NAME.match(name):
+            raise ValueError(
+                f"{where} has '{PRAGMAS_OPTION}' with the PRAGMA name {describe(name)};"
+                " give a PRAGMA name such as 'journal_mode' or 'cache_size'."
+            )
+        if setting is None:
+            pragmas.pop(name, None)
+            continue
+        if isinstance(setting, bool) or not isinstance(setting, (str, int)):
+            raise TypeError(
+                f"{where} has '{PRAGMAS_OPTION}' with {name!r} = {describe(setting)};"
+                " give a string or an integer, or None to leave it unset."
+            )
+        if not _PRAGMA_VALUE.match(str(setting)):
+            raise ValueError(
+                f"{where} has '{PRAGMAS_OPTION}' with {name!r} = {setting!r}; give a"
+                " word or a number, such as 'WAL', 'NORMAL', 'ON' or -64000."
+            )
+        pragmas[name] = str(setting)
+    return MappingProxyType(pragmas)

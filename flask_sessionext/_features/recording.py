@@ -4,7 +4,7 @@ The three features time the driver call where the dialect makes it: while
 one of them is on, the ``do_execute``, ``do_executemany`` and
 ``do_execute_no_params`` methods of each of the app's engines' dialects
 (which are the engine's own) are wrapped, as the SQLite fix wraps
-``do_begin``. No SQLAlchemy event is listened to: a listener of
+``do_savepoint``. No SQLAlchemy event is listened to: a listener of
 ``before_cursor_execute`` or ``after_cursor_execute`` (or of a dialect event)
 would switch the engine's per-statement event dispatch on, which costs every
 statement more than the timing itself. The bridged cursor signals stay for
@@ -317,7 +317,7 @@ def _time_driver_calls(
         finally:
             initializing = False
 
-    # Set once, on the engine's own dialect (the SQLite fix sets do_begin so):
+    # Set once, on the engine's own dialect (the SQLite fix sets do_savepoint so):
     # no other engine changes, and nothing is swapped back and forth later.
     dialect.initialize = initialize_untimed  # type: ignore[method-assign]
     execute, executemany = timed(dialect.do_execute), timed(dialect.do_executemany)

@@ -28,8 +28,11 @@ from waitress import wasyncore
 
 from flask_sessionext import SessionExt
 
-#: The kinds of request of the load: two succeed, two fail.
+#: The kinds of request of the load: three succeed, two fail.
 READ, WRITE, RAISE, CONFLICT = "read", "write", "raise", "conflict"
+#: A read, then a write (as ``write``): the request that SQLite's lock
+#: upgrade fails when a plain ``BEGIN`` began its transaction.
+READ_WRITE = "readwrite"
 #: The token of the row that every ``conflict`` request collides with.
 TAKEN = "taken"
 
@@ -105,10 +108,11 @@ MakeApp = Callable[..., tuple[QuietFlask, SessionExt]]
 
 
 def create_app(
-    url: str, instance_path: str, **config: t.Any
+    url: str, instance_path: str, *, fresh: bool = True, **config: t.Any
 ) -> tuple[QuietFlask, SessionExt]:
     """The app under load, on a fresh ``reliability_writes`` table with the
-    row that ``conflict`` requests collide with.
+    row that ``conflict`` requests collide with (unless not ``fresh``: on
+    the table as it is).
     """
     app = QuietFlask(__name__, instance_path=instance_path)
     app.config.update(
@@ -119,10 +123,11 @@ def create_app(
     )
     db = SessionExt(app)
     with app.app_context():
-        Base.metadata.drop_all(db.engine)
-        Base.metadata.create_all(db.engine)
-        with db.transaction() as session:
-            session.add(Write(rid=-1, n=0, token=TAKEN))
+        if fresh:
+            Base.metadata.drop_all(db.engine)
+            Base.metadata.create_all(db.engine)
+            with db.transaction() as session:
+                session.add(Write(rid=-1, n=0, token=TAKEN))
 
     def seen(rid: int, work: Callable[[], object]) -> dict[str, t.Any]:
         """Run ``work`` in the request's session and say which session and
@@ -149,18 +154,27 @@ def create_app(
     def read(rid: int) -> dict[str, t.Any]:
         return seen(rid, lambda: db.session.scalar(sa.select(sa.func.count(Write.id))))
 
+    def write_rows(rid: int) -> None:
+        with db.transaction() as session:
+            session.add_all([Write(rid=rid, n=0), Write(rid=rid, n=1)])
+            try:
+                with db.transaction():  # a SAVEPOINT, rolled back
+                    session.add(Write(rid=rid, n=2))
+                    session.flush()
+                    raise _Undo
+            except _Undo:
+                pass
+
     @app.post("/write/<int:rid>")
     def write(rid: int) -> dict[str, t.Any]:
-        def work() -> None:
-            with db.transaction() as session:
-                session.add_all([Write(rid=rid, n=0), Write(rid=rid, n=1)])
-                try:
-                    with db.transaction():  # a SAVEPOINT, rolled back
-                        session.add(Write(rid=rid, n=2))
-                        session.flush()
-                        raise _Undo
-                except _Undo:
-                    pass
+        return seen(rid, lambda: write_rows(rid))
+
+    @app.post("/readwrite/<int:rid>")
+    def read_write(rid: int) -> dict[str, t.Any]:
+        def work() -> int | None:
+            count = db.session.scalar(sa.select(sa.func.count(Write.id)))
+            write_rows(rid)
+            return count
 
         return seen(rid, work)
 
@@ -304,11 +318,11 @@ def fixed_plan(kinds: list[str]) -> Plan:
     return plan
 
 
-def endless_plan(kinds: list[str], stop: threading.Event) -> Plan:
-    """A plan that cycles through ``kinds`` with new request ids until
-    ``stop`` is set.
+def endless_plan(kinds: list[str], stop: threading.Event, *, start: int = 0) -> Plan:
+    """A plan that cycles through ``kinds`` with new request ids from
+    ``start`` until ``stop`` is set.
     """
-    counter = itertools.count()
+    counter = itertools.count(start)
     lock = threading.Lock()
 
     def plan() -> tuple[str, int] | None:
@@ -345,7 +359,9 @@ def check_writes(results: list[Result], engine: sa.Engine, observer: Observer) -
     request is, and ``models_committed`` was sent exactly once per committed
     request, with exactly that request's rows.
     """
-    committed = {r.rid for r in results if r.kind == WRITE and r.status == 200}
+    committed = {
+        r.rid for r in results if r.kind in (WRITE, READ_WRITE) and r.status == 200
+    }
     failed = {r.rid for r in results if r.kind != READ and r.status != 200}
     rows = stored_rows(engine)
     assert {rid: rows.get(rid) for rid in committed} == {
