@@ -5,12 +5,16 @@ process receives it, and the outbox commands.
 
 from __future__ import annotations
 
+import datetime as dt
+import decimal
+import enum
 import gc
 import logging
 import sys
 import threading
 import time
 import typing as t
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,12 +25,13 @@ from types import FrameType
 import pytest
 import sqlalchemy as sa
 from flask import Flask
+from sqlalchemy import orm
 
 from flask_sessionext import CommittedChange, SessionExt, signals
 from flask_sessionext._config.settings import BroadcastSettings, read_settings
 from flask_sessionext._features.broadcast import Broadcast
-from flask_sessionext._features.outbox import decode, outbox_table, utcnow
-from flask_sessionext._features.outbox_listener import OutboxListener
+from flask_sessionext._features.outbox import decode, encode, outbox_table, utcnow
+from flask_sessionext._features.outbox_listener import OutboxListener, _typed_key
 from flask_sessionext.signals import before_models_committed, models_committed_anywhere
 
 from models import Base, Item, OtherBase, User
@@ -722,4 +727,120 @@ def test_publications_arrive_in_commit_order(
     ]
     assert [sequence for sequence, _, _ in received] == [
         row_id for row_id, _ in outbox_rows(app)
+    ]
+
+
+# Typed keys
+
+
+class _KeysBase(orm.DeclarativeBase):
+    """The models with primary keys that JSON does not hold."""
+
+
+class Color(enum.Enum):
+    """An Enum primary key's type."""
+
+    RED = "red"
+    BLUE = "blue"
+
+
+class TypedKeys(_KeysBase):
+    """One primary key column of each type that JSON does not hold."""
+
+    __tablename__ = "typed_keys"
+    uid: orm.Mapped[uuid.UUID] = orm.mapped_column(primary_key=True)
+    amount: orm.Mapped[decimal.Decimal] = orm.mapped_column(
+        sa.Numeric(10, 2), primary_key=True
+    )
+    day: orm.Mapped[dt.date] = orm.mapped_column(primary_key=True)
+    moment: orm.Mapped[dt.datetime] = orm.mapped_column(primary_key=True)
+    raw: orm.Mapped[bytes] = orm.mapped_column(sa.LargeBinary(16), primary_key=True)
+    color: orm.Mapped[Color] = orm.mapped_column(primary_key=True)
+    note: orm.Mapped[str] = orm.mapped_column(sa.String(20), default="")
+
+
+class Code(_KeysBase):
+    """A model whose primary key an update may change."""
+
+    __tablename__ = "codes"
+    code: orm.Mapped[str] = orm.mapped_column(sa.String(10), primary_key=True)
+
+
+@pytest.fixture
+def keys_app(
+    broadcast_app: tuple[Flask, SessionExt],
+) -> Iterator[tuple[Flask, SessionExt]]:
+    """The broadcast app with the tables of the typed-key models."""
+    app, db = broadcast_app
+    engine = app.extensions["sessionext"].engines[None]
+    _KeysBase.metadata.create_all(engine)
+    yield app, db
+    _KeysBase.metadata.drop_all(engine)
+
+
+def test_primary_keys_keep_their_types(keys_app: tuple[Flask, SessionExt]) -> None:
+    """UUID, Decimal, date, datetime, bytes and Enum primary keys arrive with
+    their types, so ``session.get(change.model, change.primary_key)`` finds
+    the row and a cache keyed by them is reached.
+    """
+    app, db = keys_app
+    key = (
+        uuid.uuid4(),
+        decimal.Decimal("12.50"),
+        dt.date(2026, 12, 6),
+        dt.datetime(2026, 12, 6, 5, 30, 1),
+        b"\x00\xff\x10",
+        Color.RED,
+    )
+    with receiving(app) as received, app.app_context():
+        uid, amount, day, moment, raw, color = key
+        row = TypedKeys(uid=uid, amount=amount, day=day, moment=moment, raw=raw)
+        row.color = color
+        db.session.add(row)
+        db.session.commit()
+        wait_for(lambda: len(received) == 1)
+        (change,) = received[0][2]
+        assert change.model is TypedKeys
+        assert change.primary_key == key
+        assert [type(value) for value in change.primary_key] == [
+            uuid.UUID,
+            decimal.Decimal,
+            dt.date,
+            dt.datetime,
+            bytes,
+            Color,
+        ]
+        found = db.session.get(TypedKeys, change.primary_key)
+        assert found is not None
+        assert found.uid == uid
+
+
+def test_enum_key_of_an_unmapped_class_is_its_name() -> None:
+    """A process that does not map the class gets an Enum key as the
+    member's name, a plain string, and the other types as they were.
+    """
+    pk = (Color.BLUE, dt.date(2026, 1, 2))
+    payload = encode("origin", [("x.Gone", "gone", pk, "insert", frozenset())])
+    _, ((_, _, decoded, _, _),) = decode(payload)
+    assert decoded == ("BLUE", dt.date(2026, 1, 2))
+    assert type(_typed_key(None, decoded)[0]) is str
+
+
+def test_primary_key_change_is_published_under_both_keys(
+    keys_app: tuple[Flask, SessionExt],
+) -> None:
+    """An update that changes the primary key arrives as a delete of the old
+    key and an insert of the new one, so what is kept under the old key goes.
+    """
+    app, db = keys_app
+    with receiving(app) as received, app.app_context():
+        row = Code(code="old")
+        db.session.add(row)
+        db.session.commit()
+        row.code = "new"
+        db.session.commit()
+        wait_for(lambda: len(received) == 2)
+    assert sorted(received[1][2], key=lambda change: change.operation) == [
+        CommittedChange(Code, "codes", ("old",), "delete"),
+        CommittedChange(Code, "codes", ("new",), "insert"),
     ]

@@ -121,6 +121,21 @@ class _Level:
             self.record(entity, table, pk, operation, set(columns))
 
 
+def _previous_key(
+    state: t.Any, mapper: orm.Mapper[t.Any], pk: tuple[t.Any, ...]
+) -> tuple[t.Any, ...]:
+    """The primary key of a flushed update's row before the flush: ``pk``
+    unless the update changed a primary key column.
+    """
+    old = list(pk)
+    for i, column in enumerate(mapper.primary_key):
+        prop = mapper.get_property_by_column(column)
+        deleted = state.attrs[prop.key].history.deleted
+        if deleted and deleted[0] is not None:
+            old[i] = deleted[0]
+    return tuple(old)
+
+
 def _levels(session: orm.Session) -> dict[orm.SessionTransaction, _Level]:
     levels: dict[orm.SessionTransaction, _Level] = session.info.setdefault(_LEVELS, {})
     return levels
@@ -263,7 +278,16 @@ class Broadcast(Feature):
                 pk = tuple(mapper.primary_key_from_instance(instance))
                 if level is None:
                     level = _levels(session).setdefault(transaction, _Level())
-                level.record(entity_name(mapper.class_), name, pk, operation, columns)
+                entity = entity_name(mapper.class_)
+                if operation == "update":
+                    old = _previous_key(state, mapper, pk)
+                    if old != pk:
+                        # Under both keys: what is kept under the old one
+                        # (a cache entry) must go too.
+                        level.record(entity, name, old, "delete", set())
+                        level.record(entity, name, pk, "insert", set())
+                        continue
+                level.record(entity, name, pk, operation, columns)
 
     def _before_commit(self, session: orm.Session) -> None:
         if session.get_nested_transaction() is not None:

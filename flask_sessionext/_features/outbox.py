@@ -2,16 +2,23 @@
 
 Each row is one publication on one channel: the net row changes of one committed
 transaction, as JSON (``{"origin": ..., "changes": [[entity, table, pk,
-operation, columns], ...]}``), never row values. Its id, drawn from the
+operation, columns], ...]}``), never row values. A primary key value that
+JSON does not hold keeps its type as ``{"uuid": "..."}``, ``{"date": ...}``
+and so on. Its id, drawn from the
 table's sequence, is the publication's sequence number.
 """
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import datetime as dt
+import decimal
+import enum
 import hashlib
 import json
 import typing as t
+import uuid
 from datetime import datetime, timedelta, timezone
 
 import sqlalchemy as sa
@@ -62,8 +69,10 @@ class CommittedChange:
     model: type | None
     #: The name of the class's table.
     table: str
-    #: The primary key, as JSON gives it back (a value that JSON cannot hold,
-    #: such as a UUID or a date, is sent as its ``str()``).
+    #: The primary key, with the types it has in the committing process: a
+    #: UUID, Decimal, date, datetime, time or bytes value comes back as such,
+    #: and an Enum value as its member of the receiving process's mapped
+    #: class (its name, when that process does not map the class).
     primary_key: tuple[t.Any, ...]
     #: ``"insert"``, ``"update"`` or ``"delete"``: the net change of the row
     #: over the transaction.
@@ -76,17 +85,75 @@ class CommittedChange:
 Summary = tuple[str, str, tuple[t.Any, ...], str, frozenset[str]]
 
 
+class EnumName(str):
+    """The name of an Enum member of a primary key, until the receiving
+    process finds the member in the class it maps.
+    """
+
+
+#: The JSON form of a key value that JSON does not hold, by type: the first
+#: matching type (``datetime`` before ``date``, its base) and its encoder.
+_TAGGED: tuple[tuple[str, type, t.Callable[[t.Any], str]], ...] = (
+    ("enum", enum.Enum, lambda value: str(value.name)),
+    ("uuid", uuid.UUID, str),
+    ("decimal", decimal.Decimal, str),
+    ("datetime", dt.datetime, dt.datetime.isoformat),
+    ("date", dt.date, dt.date.isoformat),
+    ("time", dt.time, dt.time.isoformat),
+    ("bytes", bytes, lambda value: base64.b64encode(value).decode()),
+)
+_DECODERS: dict[str, t.Callable[[str], t.Any]] = {
+    "enum": EnumName,
+    "uuid": uuid.UUID,
+    "decimal": decimal.Decimal,
+    "datetime": dt.datetime.fromisoformat,
+    "date": dt.date.fromisoformat,
+    "time": dt.time.fromisoformat,
+    "bytes": base64.b64decode,
+    "str": str,
+}
+
+
+def _encode_value(value: t.Any) -> t.Any:
+    """A primary key value as JSON holds it: as it is for JSON's own types,
+    else ``{tag: text}``.
+    """
+    if value is None or (
+        isinstance(value, (str, int, float)) and not isinstance(value, enum.Enum)
+    ):
+        return value
+    for tag, kind, encoder in _TAGGED:
+        if isinstance(value, kind):
+            return {tag: encoder(value)}
+    return {"str": str(value)}
+
+
+def _decode_value(value: t.Any) -> t.Any:
+    """Undo :func:`_encode_value`."""
+    if isinstance(value, dict) and len(value) == 1:
+        ((tag, text),) = value.items()
+        decoder = _DECODERS.get(tag)
+        if decoder is not None and isinstance(text, str):
+            return decoder(text)
+    return value
+
+
 def encode(origin: str, changes: t.Iterable[Summary]) -> str:
     """The payload of one publication."""
     return json.dumps(
         {
             "origin": origin,
             "changes": [
-                [entity, table, list(pk), operation, sorted(columns)]
+                [
+                    entity,
+                    table,
+                    [_encode_value(value) for value in pk],
+                    operation,
+                    sorted(columns),
+                ]
                 for entity, table, pk, operation, columns in changes
             ],
         },
-        default=str,
         separators=(",", ":"),
     )
 
@@ -99,11 +166,17 @@ def decode(payload: str) -> tuple[str, list[Summary]]:
     data = json.loads(payload)
     try:
         changes = [
-            (str(entity), str(table), tuple(pk), str(operation), frozenset(columns))
+            (
+                str(entity),
+                str(table),
+                tuple(_decode_value(value) for value in pk),
+                str(operation),
+                frozenset(columns),
+            )
             for entity, table, pk, operation, columns in data["changes"]
         ]
         return str(data["origin"]), changes
-    except (KeyError, TypeError) as e:
+    except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"not an outbox payload: {payload[:80]!r}") from e
 
 

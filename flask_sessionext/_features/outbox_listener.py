@@ -61,6 +61,7 @@ from .base import report
 from .outbox import (
     OUTBOX,
     CommittedChange,
+    EnumName,
     Operation,
     decode,
     entity_name,
@@ -433,16 +434,18 @@ class OutboxListener:
         app = self.app()
         if app is None or not any(models_committed_anywhere.receivers_for(app)):
             return
-        changes = [
-            CommittedChange(
-                model=self._model(entity, table),
-                table=table,
-                primary_key=pk,
-                operation=t.cast(Operation, operation),
-                columns=columns,
+        changes = []
+        for entity, table, pk, operation, columns in summaries:
+            model = self._model(entity, table)
+            changes.append(
+                CommittedChange(
+                    model=model,
+                    table=table,
+                    primary_key=_typed_key(model, pk),
+                    operation=t.cast(Operation, operation),
+                    columns=columns,
+                )
             )
-            for entity, table, pk, operation, columns in summaries
-        ]
         with app.app_context():
             report(
                 models_committed_anywhere,
@@ -475,6 +478,27 @@ class OutboxListener:
                 return None  # looked up again next time: it may be mapped later
             self._models[key] = cls
         return self._models[key]
+
+
+def _typed_key(model: type | None, pk: tuple[t.Any, ...]) -> tuple[t.Any, ...]:
+    """``pk`` with the names of Enum members replaced by the members of the
+    Enum types of ``model``'s primary key columns; plain names where this
+    process does not map the class or the member.
+    """
+    if not any(isinstance(value, EnumName) for value in pk):
+        return pk
+    columns: list[sa.Column[t.Any]] = (
+        list(sa.inspect(model).primary_key) if model is not None else []
+    )
+    typed = []
+    for i, value in enumerate(pk):
+        if isinstance(value, EnumName):
+            column_type = columns[i].type if i < len(columns) else None
+            enum_class = getattr(column_type, "enum_class", None)
+            members = getattr(enum_class, "__members__", {})
+            value = members[value] if value in members else str(value)
+        typed.append(value)
+    return tuple(typed)
 
 
 def _detach(connection: t.Any) -> None:
