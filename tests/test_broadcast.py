@@ -371,10 +371,10 @@ def test_rollbacks_publish_nothing(broadcast_app: tuple[Flask, SessionExt]) -> N
     with app.app_context():
         names = {user.name: user.id for user in db.session.scalars(sa.select(User))}
     assert "undone" not in names
-    assert sorted(pk for _, _, pk, _, _ in changes) == sorted(
+    assert sorted(pk for _, _, pk, _, _, _ in changes) == sorted(
         [(names["kept"],), (names["released"],)]
     )
-    assert {operation for _, _, _, operation, _ in changes} == {"insert"}
+    assert {operation for _, _, _, operation, _, _ in changes} == {"insert"}
 
 
 def test_net_changes(broadcast_app: tuple[Flask, SessionExt]) -> None:
@@ -400,7 +400,7 @@ def test_net_changes(broadcast_app: tuple[Flask, SessionExt]) -> None:
     rows = outbox_rows(app)
     assert len(rows) == 1
     _, changes = decode(rows[0][1])
-    assert [(table, operation) for _, table, _, operation, _ in changes] == [
+    assert [(table, operation) for _, table, _, operation, _, _ in changes] == [
         ("users", "insert")
     ]
 
@@ -445,7 +445,7 @@ def test_publishes_in_either_parameter_style(app: Flask, paramstyle: str) -> Non
             db.session.commit()
         [(_, payload)] = outbox_rows(app)
         _, changes = decode(payload)
-        assert sorted((table, pk, op) for _, table, pk, op, _ in changes) == [
+        assert sorted((table, pk, op) for _, table, pk, op, _, _ in changes) == [
             ("users", (1,), "insert"),
             ("users", (2,), "insert"),
         ]
@@ -642,7 +642,7 @@ def test_before_models_committed_changes_are_published(
     rows = outbox_rows(app)
     assert len(rows) == 1
     _, changes = decode(rows[0][1])
-    assert sorted(pk for _, _, pk, _, _ in changes) == [(1,), (2,)]
+    assert sorted(pk for _, _, pk, _, _, _ in changes) == [(1,), (2,)]
 
 
 def test_channels_are_apart(broadcast_app: tuple[Flask, SessionExt]) -> None:
@@ -820,27 +820,38 @@ def test_enum_key_of_an_unmapped_class_is_its_name() -> None:
     member's name, a plain string, and the other types as they were.
     """
     pk = (Color.BLUE, dt.date(2026, 1, 2))
-    payload = encode("origin", [("x.Gone", "gone", pk, "insert", frozenset())])
-    _, ((_, _, decoded, _, _),) = decode(payload)
+    payload = encode("origin", [("x.Gone", "gone", pk, "insert", frozenset(), None)])
+    _, ((_, _, decoded, _, _, _),) = decode(payload)
     assert decoded == ("BLUE", dt.date(2026, 1, 2))
     assert type(_typed_key(None, decoded)[0]) is str
 
 
-def test_primary_key_change_is_published_under_both_keys(
+def test_primary_key_change_carries_both_keys(
     keys_app: tuple[Flask, SessionExt],
 ) -> None:
-    """An update that changes the primary key arrives as a delete of the old
-    key and an insert of the new one, so what is kept under the old key goes.
+    """An update that changes the primary key arrives under the new key with
+    the old one in ``previous_primary_key``, so what is kept under the old
+    key can go; a key changed twice in one transaction carries the first.
     """
     app, db = keys_app
     with receiving(app) as received, app.app_context():
         row = Code(code="old")
         db.session.add(row)
         db.session.commit()
+        row.code = "mid"
+        db.session.flush()
         row.code = "new"
         db.session.commit()
-        wait_for(lambda: len(received) == 2)
-    assert sorted(received[1][2], key=lambda change: change.operation) == [
-        CommittedChange(Code, "codes", ("old",), "delete"),
-        CommittedChange(Code, "codes", ("new",), "insert"),
+        fresh = Code(code="a")
+        db.session.add(fresh)
+        db.session.flush()
+        fresh.code = "b"
+        db.session.commit()
+        wait_for(lambda: len(received) == 3)
+    assert received[1][2] == [
+        CommittedChange(
+            Code, "codes", ("new",), "update", frozenset({"code"}), ("old",)
+        )
     ]
+    # Inserted and re-keyed in one transaction: an insert under its last key.
+    assert received[2][2] == [CommittedChange(Code, "codes", ("b",), "insert")]

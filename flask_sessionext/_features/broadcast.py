@@ -89,7 +89,7 @@ class _Level:
     __slots__ = ("changes", "released")
 
     def __init__(self) -> None:
-        #: (table, pk) -> [entity, table, pk, operation, columns]
+        #: (table, pk) -> [entity, table, pk, operation, columns, previous pk]
         self.changes: dict[tuple[str, tuple[t.Any, ...]], list[t.Any]] = {}
         self.released = False
 
@@ -100,25 +100,36 @@ class _Level:
         pk: tuple[t.Any, ...],
         operation: str,
         columns: set[str],
+        previous: tuple[t.Any, ...] | None = None,
     ) -> None:
-        """Fold ``operation`` into the net change of the row."""
+        """Fold ``operation`` into the net change of the row; ``previous`` is
+        the key of an update that changed it.
+        """
+        if previous is not None:
+            moved = self.changes.pop((table, previous), None)
+            if moved is not None and moved[3] == "insert":
+                # Inserted in this transaction: nobody saw the old key.
+                operation, columns, previous = "insert", set(), None
+            elif moved is not None:
+                columns = columns | moved[4]
+                previous = moved[5] if moved[5] is not None else previous
         key = (table, pk)
-        previous = self.changes.get(key)
-        if previous is None:
-            self.changes[key] = [entity, table, pk, operation, set(columns)]
-        elif previous[3] == "insert":
+        current = self.changes.get(key)
+        if current is None:
+            self.changes[key] = [entity, table, pk, operation, set(columns), previous]
+        elif current[3] == "insert":
             if operation == "delete":
                 del self.changes[key]  # inserted, then deleted: nothing happened
-        elif previous[3] == "update" and operation == "update":
-            previous[4] |= columns
+        elif current[3] == "update" and operation == "update":
+            current[4] |= columns
         else:
-            previous[3] = operation
-            previous[4] = set(columns) if operation == "update" else set()
+            current[3] = operation
+            current[4] = set(columns) if operation == "update" else set()
 
     def absorb(self, child: _Level) -> None:
         """Take over the level of a released SAVEPOINT."""
-        for entity, table, pk, operation, columns in child.changes.values():
-            self.record(entity, table, pk, operation, set(columns))
+        for entity, table, pk, operation, columns, previous in child.changes.values():
+            self.record(entity, table, pk, operation, set(columns), previous)
 
 
 def _previous_key(
@@ -278,16 +289,12 @@ class Broadcast(Feature):
                 pk = tuple(mapper.primary_key_from_instance(instance))
                 if level is None:
                     level = _levels(session).setdefault(transaction, _Level())
-                entity = entity_name(mapper.class_)
+                previous = None
                 if operation == "update":
                     old = _previous_key(state, mapper, pk)
-                    if old != pk:
-                        # Under both keys: what is kept under the old one
-                        # (a cache entry) must go too.
-                        level.record(entity, name, old, "delete", set())
-                        level.record(entity, name, pk, "insert", set())
-                        continue
-                level.record(entity, name, pk, operation, columns)
+                    previous = old if old != pk else None
+                entity = entity_name(mapper.class_)
+                level.record(entity, name, pk, operation, columns, previous)
 
     def _before_commit(self, session: orm.Session) -> None:
         if session.get_nested_transaction() is not None:
@@ -303,8 +310,10 @@ class Broadcast(Feature):
         self._publish(
             session,
             [
-                (entity, table, pk, operation, frozenset(columns))
-                for entity, table, pk, operation, columns in level.changes.values()
+                (entity, table, pk, operation, frozenset(columns), previous)
+                for entity, table, pk, operation, columns, previous in (
+                    level.changes.values()
+                )
             ],
         )
 

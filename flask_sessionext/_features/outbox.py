@@ -79,10 +79,16 @@ class CommittedChange:
     operation: Operation
     #: For an update, the names of the changed columns; empty otherwise.
     columns: frozenset[str] = frozenset()
+    #: For an update that changed the primary key, the key the row had
+    #: before the transaction; ``None`` otherwise.
+    previous_primary_key: tuple[t.Any, ...] | None = None
 
 
-#: A change as the payload holds it: entity, table, pk, operation, columns.
-Summary = tuple[str, str, tuple[t.Any, ...], str, frozenset[str]]
+#: A change as the payload holds it: entity, table, pk, operation, columns,
+#: and the previous pk of an update that changed it (else ``None``).
+Summary = tuple[
+    str, str, tuple[t.Any, ...], str, frozenset[str], "tuple[t.Any, ...] | None"
+]
 
 
 class EnumName(str):
@@ -150,8 +156,13 @@ def encode(origin: str, changes: t.Iterable[Summary]) -> str:
                     [_encode_value(value) for value in pk],
                     operation,
                     sorted(columns),
+                    *(
+                        ()
+                        if previous is None
+                        else ([_encode_value(value) for value in previous],)
+                    ),
                 ]
-                for entity, table, pk, operation, columns in changes
+                for entity, table, pk, operation, columns, previous in changes
             ],
         },
         separators=(",", ":"),
@@ -172,8 +183,9 @@ def decode(payload: str) -> tuple[str, list[Summary]]:
                 tuple(_decode_value(value) for value in pk),
                 str(operation),
                 frozenset(columns),
+                tuple(_decode_value(value) for value in rest[0]) if rest else None,
             )
-            for entity, table, pk, operation, columns in data["changes"]
+            for entity, table, pk, operation, columns, *rest in data["changes"]
         ]
         return str(data["origin"]), changes
     except (KeyError, TypeError, ValueError) as e:

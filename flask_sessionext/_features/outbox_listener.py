@@ -435,7 +435,7 @@ class OutboxListener:
         if app is None or not any(models_committed_anywhere.receivers_for(app)):
             return
         changes = []
-        for entity, table, pk, operation, columns in summaries:
+        for entity, table, pk, operation, columns, previous in summaries:
             model = self._model(entity, table)
             changes.append(
                 CommittedChange(
@@ -444,6 +444,9 @@ class OutboxListener:
                     primary_key=_typed_key(model, pk),
                     operation=t.cast(Operation, operation),
                     columns=columns,
+                    previous_primary_key=(
+                        None if previous is None else _typed_key(model, previous)
+                    ),
                 )
             )
         with app.app_context():
