@@ -30,7 +30,13 @@ from sqlalchemy import orm
 from flask_sessionext import CommittedChange, SessionExt, signals
 from flask_sessionext._config.settings import BroadcastSettings, read_settings
 from flask_sessionext._features.broadcast import Broadcast
-from flask_sessionext._features.outbox import decode, encode, outbox_table, utcnow
+from flask_sessionext._features.outbox import (
+    decode,
+    encode,
+    outbox_table,
+    prune,
+    utcnow,
+)
 from flask_sessionext._features.outbox_listener import OutboxListener, _typed_key
 from flask_sessionext.signals import before_models_committed, models_committed_anywhere
 
@@ -855,3 +861,54 @@ def test_primary_key_change_carries_both_keys(
     ]
     # Inserted and re-keyed in one transaction: an insert under its last key.
     assert received[2][2] == [CommittedChange(Code, "codes", ("b",), "insert")]
+
+
+# Pruning
+
+
+def test_a_process_that_publishes_once_prunes(
+    broadcast_app: tuple[Flask, SessionExt],
+) -> None:
+    """A process's first publication prunes the rows older than ``keep``,
+    however few it publishes (a CLI job, a worker restarted early).
+    """
+    app, db = broadcast_app
+    engine = app.extensions["sessionext"].engines[None]
+    keep = app.extensions["sessionext"].settings.broadcast.keep
+    old = utcnow() - timedelta(seconds=keep + 60)
+    with engine.begin() as conn:
+        conn.execute(
+            outbox_table.insert(),
+            {"channel": "sessionext", "created_at": old, "payload": "{}"},
+        )
+    with app.app_context():
+        db.session.add(User(name="ada"))
+        db.session.commit()
+    payloads = [payload for _, payload in outbox_rows(app)]
+    assert payloads != ["{}"]
+    assert "{}" not in payloads
+    assert len(payloads) == 1
+
+
+def test_outbox_ids_are_never_reused(
+    broadcast_app: tuple[Flask, SessionExt],
+) -> None:
+    """Once every row was pruned, the next publication still gets an id
+    above every id given before (SQLite's AUTOINCREMENT, PostgreSQL's
+    sequence), so a listener that read up to an id skips nothing.
+    """
+    app, db = broadcast_app
+    engine = app.extensions["sessionext"].engines[None]
+    with app.app_context():
+        for name in ("a", "b", "c"):
+            db.session.add(User(name=name))
+            db.session.commit()
+    last = max(row_id for row_id, _ in outbox_rows(app))
+    with engine.begin() as conn:
+        prune(conn, "sessionext", 0, utcnow() + timedelta(seconds=60))
+    assert outbox_rows(app) == []
+    with app.app_context():
+        db.session.add(User(name="d"))
+        db.session.commit()
+    ((row_id, _),) = outbox_rows(app)
+    assert row_id > last

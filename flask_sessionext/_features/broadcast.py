@@ -15,6 +15,7 @@ their ids, which the listeners rely on to never skip one (see
 
 from __future__ import annotations
 
+import datetime
 import os
 import typing as t
 import weakref
@@ -42,7 +43,7 @@ from .outbox import (
     utcnow,
 )
 
-#: How many publications of a process go between two prunings by it.
+#: How many publications of a process go between two prunings by it, at most.
 PRUNE_EVERY = 1000
 
 #: The key of ``session.info`` holding what each transaction level collected.
@@ -190,6 +191,9 @@ class Broadcast(Feature):
         self.engine = parts.engines[settings.bind]
         self._lock_key = advisory_lock_key(settings.channel)
         self._published = 0
+        #: When this process last pruned the outbox (``created_at`` time).
+        self._pruned_at: datetime.datetime | None = None
+        self._keep = datetime.timedelta(seconds=settings.keep)
         #: Whether the app has a receiver of ``models_committed_anywhere``.
         self._receiving = False
         #: The listener of each process by its id: this process's, and in a
@@ -364,7 +368,13 @@ class Broadcast(Feature):
                 if listener is not None:
                     listener.published(int(sequence))
             self._published += 1
-            if self._published % PRUNE_EVERY == 0:
+            # By count, and by age: a process that publishes seldom (a CLI
+            # job, a worker restarted after a few requests) prunes at its
+            # first publication and then whenever 'keep' seconds have passed.
+            if self._published % PRUNE_EVERY == 0 or (
+                self._pruned_at is None or now - self._pruned_at >= self._keep
+            ):
+                self._pruned_at = now
                 prune(connection, self.settings.channel, self.settings.keep, now)
         except sa_exc.DBAPIError as e:
             if is_missing_table(e):

@@ -48,6 +48,9 @@ outbox_table = sa.Table(
     # Naive UTC: the same on every dialect, and compared as such when pruning.
     sa.Column("created_at", sa.DateTime(), nullable=False, index=True),
     sa.Column("payload", sa.Text(), nullable=False),
+    # Ids are never reused, also once every row was pruned: a listener that
+    # read up to an id would otherwise skip the new rows under it.
+    sqlite_autoincrement=True,
 )
 
 _MISSING_TABLE = (
