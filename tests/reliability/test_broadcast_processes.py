@@ -298,6 +298,22 @@ def each_worker(
     return ready if listening else received
 
 
+def caught_up(port: int, ids: list[int], log: Path) -> dict[int, Received]:
+    """What each of the 2 workers behind ``port`` received, once every one
+    has received the last of ``ids``; fails after 15 s, with the log's tail.
+    """
+    deadline = time.monotonic() + 15
+    while True:
+        answers = each_worker(port, 2)
+        if all(r and r[-1][0] == ids[-1] for r in answers.values()):
+            return answers
+        assert time.monotonic() < deadline, (
+            f"the workers did not catch up with {ids[-1]}:"
+            f" { {pid: r[-3:] for pid, r in answers.items()} }\n{log_tail(log)}"
+        )
+        time.sleep(0.1)
+
+
 def test_gunicorn_workers_and_another_machine(
     postgres_url: str, tmp_path: Path
 ) -> None:
@@ -343,16 +359,7 @@ def test_gunicorn_workers_and_another_machine(
             wait_for_files(tmp_path, "result-*.json", 1, timeout=20)[0].read_text()
         )
         ids, notes = committed(postgres_url)
-        deadline = time.monotonic() + 15
-        while True:
-            answers = each_worker(port, 2)
-            if all(r and r[-1][0] == ids[-1] for r in answers.values()):
-                break
-            assert time.monotonic() < deadline, (
-                f"the workers did not catch up with {ids[-1]}:"
-                f" { {pid: r[-3:] for pid, r in answers.items()} }\n{log_tail(log)}"
-            )
-            time.sleep(0.1)
+        answers = caught_up(port, ids, log)
         after = listeners(postgres_url)
     assert set(answers) == workers
     for received in [*answers.values(), [tuple(r) for r in result["received"]]]:
@@ -403,16 +410,7 @@ def test_gunicorn_gevent_workers(
             commits = list(pool.map(lambda _: get(port, "/commit"), range(40)))
         assert all(body["ok"] for body in commits)
         ids, notes = committed(postgres_url)
-        deadline = time.monotonic() + 15
-        while True:
-            answers = each_worker(port, 2)
-            if all(r and r[-1][0] == ids[-1] for r in answers.values()):
-                break
-            assert time.monotonic() < deadline, (
-                f"the workers did not catch up with {ids[-1]}:"
-                f" { {pid: r[-3:] for pid, r in answers.items()} }\n{log_tail(log)}"
-            )
-            time.sleep(0.1)
+        answers = caught_up(port, ids, log)
         backends = listeners(postgres_url)
     assert len(ids) == len(commits) == 40
     assert set(answers) == workers
