@@ -15,7 +15,7 @@ from flask.cli import AppGroup
 from sqlalchemy.engine import URL
 
 from ._config.passwords import mask_url
-from ._features.outbox import OUTBOX, outbox_metadata, prune
+from ._features.outbox import OUTBOX, TICKS, count, outbox_metadata, prune
 from ._receivers.calls import receiver_name
 from ._receivers.checks import report_collected
 from .signals import CATALOG, namespace
@@ -211,13 +211,16 @@ def _outbox_engine(app: Flask) -> tuple[sa.Engine, str, float]:
 
 @cli.command("create-outbox")
 def create_outbox_command() -> None:
-    """Create the outbox table of SESSIONEXT_BROADCAST in its bind, if it
-    is missing.
+    """Create the outbox tables of SESSIONEXT_BROADCAST in its bind, if
+    they are missing.
     """
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
     engine, _, _ = _outbox_engine(app)
     outbox_metadata.create_all(engine)
-    click.echo(f"The outbox table {OUTBOX!r} is ready in {mask_url(engine.url)}.")
+    click.echo(
+        f"The outbox tables {OUTBOX!r} and {TICKS!r} are ready in"
+        f" {mask_url(engine.url)}."
+    )
 
 
 @cli.command("prune-outbox")
@@ -228,7 +231,9 @@ def prune_outbox_command() -> None:
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
     engine, channel, keep = _outbox_engine(app)
     with engine.begin() as conn:
-        count = prune(conn, channel, keep)
+        before = count(conn, channel)
+        prune(conn, channel, keep)
+        deleted = before - count(conn, channel)
     click.echo(
-        f"Deleted {count} outbox row(s) of channel {channel!r} older than {keep:g} s."
+        f"Deleted {deleted} outbox row(s) of channel {channel!r} older than {keep:g} s."
     )

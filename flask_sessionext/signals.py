@@ -214,13 +214,29 @@ models_committed_anywhere = namespace.signal(
     "models_committed_anywhere",
     "Sent in every process that has ``SESSIONEXT_BROADCAST`` on for the same"
     " database, the committing one included, once per committed transaction of"
-    " any of them that changed published models, in commit order, on a"
+    " any of them that changed published models, in the same order in every"
+    " process (transactions that changed the same row: in commit order), on a"
     " listener thread of the process inside an app context. Sender: the Flask"
     " app. Keyword arguments: changes, a list of"
     " :class:`~flask_sessionext.CommittedChange`; local, whether this process"
-    " committed it; sequence, the publication's increasing number. A"
+    " committed it; sequence, the publication's number (its outbox row id;"
+    " not always increasing on PostgreSQL). A"
     " receiver's exception is logged on ``app.logger`` and the other receivers"
     " still run.",
+)
+publications_lost = namespace.signal(
+    "publications_lost",
+    "Sent in a process that receives ``models_committed_anywhere`` when its"
+    " listener finds that publications it should deliver are gone: pruned"
+    " while it was stopped or disconnected for longer than ``keep``, the outbox"
+    " table created again, a listener that could not start within ``keep``, a"
+    " row that does not decode. Once per incident, on the listener thread"
+    " inside an app context, after a WARNING on the"
+    " ``flask_sessionext.broadcast`` logger. Sender: the Flask app. Keyword"
+    " arguments: reason, a short string. A receiver should drop whatever it"
+    " keeps up to date from ``models_committed_anywhere`` (a cache: clear it)."
+    " A receiver's exception is logged on ``app.logger`` and the other"
+    " receivers still run.",
 )
 slow_query = namespace.signal(
     "slow_query",
@@ -238,5 +254,6 @@ EXTENSION_KWARGS: dict[str, tuple[str, ...]] = {
     "before_models_committed": ("changes",),
     "models_committed": ("changes",),
     "models_committed_anywhere": ("changes", "local", "sequence"),
+    "publications_lost": ("reason",),
     "slow_query": ("query",),
 }

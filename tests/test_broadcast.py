@@ -30,14 +30,10 @@ from sqlalchemy import orm
 from flask_sessionext import CommittedChange, SessionExt, signals
 from flask_sessionext._config.settings import BroadcastSettings, read_settings
 from flask_sessionext._features.broadcast import Broadcast
-from flask_sessionext._features.outbox import (
-    decode,
-    encode,
-    outbox_table,
-    prune,
-    utcnow,
-)
-from flask_sessionext._features.outbox_listener import OutboxListener, _typed_key
+from flask_sessionext._features.outbox import outbox_table, prune, utcnow
+from flask_sessionext._features import outbox_listener
+from flask_sessionext._features.outbox_listener import OutboxListener
+from flask_sessionext._features.outbox_payload import decode, encode, typed_key
 from flask_sessionext.signals import before_models_committed, models_committed_anywhere
 
 from models import Base, Item, OtherBase, User
@@ -506,24 +502,27 @@ def test_receiver_error_is_logged_and_delivery_goes_on(
     assert "ValueError" in caplog.text
 
 
-def test_missing_outbox_table(app: Flask, caplog: pytest.LogCaptureFixture) -> None:
+def test_missing_outbox_table(
+    app: Flask, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Without the outbox table a commit fails with an error naming the
     command that creates it, and nothing is committed; the listener logs the
-    same error.
+    same error once the table has been missing for QUIET_MISSING seconds.
     """
+    monkeypatch.setattr(outbox_listener, "QUIET_MISSING", 0.0)
     app.config["SESSIONEXT_BROADCAST"] = {"poll_interval": 0.02}
     db = SessionExt(app)
     engine = app.extensions["sessionext"].engines[None]
     Base.metadata.create_all(engine)
     try:
         with (
-            caplog.at_level(logging.ERROR, logger="flask_sessionext.broadcast"),
+            caplog.at_level(logging.WARNING, logger="flask_sessionext.broadcast"),
             models_committed_anywhere.connected_to(lambda sender, **kw: None, app),
         ):
             wait_for(lambda: "create-outbox" in caplog.text)
         assert (
-            "'sessionext_outbox' of 'SESSIONEXT_BROADCAST' does not exist"
-            in caplog.text
+            "'sessionext_outbox' and 'sessionext_outbox_ticks' of"
+            " 'SESSIONEXT_BROADCAST' are missing" in caplog.text
         )
         with app.app_context():
             db.session.add(User(name="lost"))
@@ -597,7 +596,10 @@ def test_create_and_prune_outbox_commands(tmp_path: Path) -> None:
     runner = app.test_cli_runner()
     result = runner.invoke(args=["sessionext", "create-outbox"])
     assert result.exit_code == 0, result.output
-    assert "The outbox table 'sessionext_outbox' is ready" in result.output
+    assert (
+        "The outbox tables 'sessionext_outbox' and 'sessionext_outbox_ticks'"
+        " are ready" in result.output
+    )
     engine = app.extensions["sessionext"].engines[None]
     old = utcnow() - timedelta(seconds=120)
     with engine.begin() as conn:
@@ -701,39 +703,89 @@ def test_commit_right_after_connecting_arrives(
 def test_publications_arrive_in_commit_order(
     broadcast_app: tuple[Flask, SessionExt],
 ) -> None:
-    """A transaction that published first but commits slowly holds back the
-    next one, so the listener, reading after the last id it delivered,
-    skips neither: both arrive, in commit order.
+    """A transaction that published first but commits slowly neither holds
+    back the next one on PostgreSQL (no lock) nor is skipped: both arrive,
+    in the order they committed. On SQLite, whose writers take turns, the
+    second waits for the first.
     """
     app, db = broadcast_app
+    committed: list[str] = []
 
     def hold(sender: Flask, **kwargs: t.Any) -> None:
         if threading.current_thread().name == "slow committer":
             time.sleep(0.5)
 
-    def commit_slowly() -> None:
+    def commit(name: str) -> None:
         with app.app_context():
-            db.session.add(User(name="first"))
+            db.session.add(User(name=name))
             db.session.commit()
+            committed.append(name)
 
     with receiving(app) as received, signals.commit.connected_to(hold, app):
-        slow = threading.Thread(target=commit_slowly, name="slow committer")
+        slow = threading.Thread(target=commit, args=("first",), name="slow committer")
         slow.start()
         time.sleep(0.2)  # it has published, and waits in its COMMIT
-        with app.app_context():
-            db.session.add(User(name="second"))
-            db.session.commit()
+        commit("second")
         slow.join()
         wait_for(lambda: len(received) == 2, timeout=5)
     with app.app_context():
-        ids = {user.name: user.id for user in db.session.scalars(sa.select(User))}
-    assert [changes[0].primary_key for _, _, changes in received] == [
-        (ids["first"],),
-        (ids["second"],),
-    ]
-    assert [sequence for sequence, _, _ in received] == [
-        row_id for row_id, _ in outbox_rows(app)
-    ]
+        names = {user.id: user.name for user in db.session.scalars(sa.select(User))}
+    delivered = [names[changes[0].primary_key[0]] for _, _, changes in received]
+    assert delivered == committed
+    dialect = app.extensions["sessionext"].engines[None].dialect.name
+    expected = ["second", "first"] if dialect == "postgresql" else ["first", "second"]
+    assert committed == expected
+
+
+def test_same_order_in_every_process(broadcast_app: tuple[Flask, SessionExt]) -> None:
+    """Listeners that read at different moments deliver the same
+    publications in the same order, while transactions commit concurrently
+    out of id order.
+    """
+    app, db = broadcast_app
+    other_app = Flask("other", instance_path=app.instance_path)
+    other_app.config.update(app.config)
+    other_db = SessionExt(other_app)
+    orders: list[list[int]] = [[], []]
+
+    def receiver_for(index: int) -> t.Callable[..., None]:
+        def receiver(sender: Flask, sequence: int, **kwargs: t.Any) -> None:
+            orders[index].append(sequence)
+            if index == 1:
+                time.sleep(0.003)  # reads at other moments than the first
+
+        return receiver
+
+    def commit(name: str, delay: float) -> None:
+        def hold(sender: Flask, **kwargs: t.Any) -> None:
+            time.sleep(delay)
+
+        with app.app_context():
+            db.session.add(User(name=name))
+            with signals.commit.connected_to(hold, app):
+                db.session.commit()
+
+    first, other = receiver_for(0), receiver_for(1)
+    with (
+        models_committed_anywhere.connected_to(first, app),
+        models_committed_anywhere.connected_to(other, other_app),
+    ):
+        the_listener(app)
+        the_listener(other_app)
+        threads = [
+            threading.Thread(target=commit, args=(f"u{i}", (i * 7 % 5) / 100))
+            for i in range(20)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        wait_for(lambda: len(orders[0]) == 20 and len(orders[1]) == 20)
+    assert orders[0] == orders[1]
+    assert sorted(orders[0]) == [row_id for row_id, _ in outbox_rows(app)]
+    for engine in other_app.extensions["sessionext"].engines.values():
+        engine.dispose()
+    del other_db
 
 
 # Typed keys
@@ -829,7 +881,7 @@ def test_enum_key_of_an_unmapped_class_is_its_name() -> None:
     payload = encode("origin", [("x.Gone", "gone", pk, "insert", frozenset(), None)])
     _, ((_, _, decoded, _, _, _),) = decode(payload)
     assert decoded == ("BLUE", dt.date(2026, 1, 2))
-    assert type(_typed_key(None, decoded)[0]) is str
+    assert type(typed_key(None, decoded)[0]) is str
 
 
 def test_primary_key_change_carries_both_keys(
@@ -893,7 +945,7 @@ def test_a_process_that_publishes_once_prunes(
 def test_outbox_ids_are_never_reused(
     broadcast_app: tuple[Flask, SessionExt],
 ) -> None:
-    """Once every row was pruned, the next publication still gets an id
+    """Once every row was deleted, the next publication still gets an id
     above every id given before (SQLite's AUTOINCREMENT, PostgreSQL's
     sequence), so a listener that read up to an id skips nothing.
     """
@@ -905,7 +957,7 @@ def test_outbox_ids_are_never_reused(
             db.session.commit()
     last = max(row_id for row_id, _ in outbox_rows(app))
     with engine.begin() as conn:
-        prune(conn, "sessionext", 0, utcnow() + timedelta(seconds=60))
+        conn.execute(outbox_table.delete())
     assert outbox_rows(app) == []
     with app.app_context():
         db.session.add(User(name="d"))

@@ -4,13 +4,11 @@ changes of every process of the deployment.
 Publishing is part of the committing transaction: in the ``before_commit``
 of the outermost transaction of a session of the app, after its last flush,
 the net changes of the published models go into one row of the outbox table
-``sessionext_outbox``, on the session's own connection to the outbox bind,
-and on PostgreSQL a ``pg_notify`` of the row's id wakes the listeners. A
-transaction or SAVEPOINT that rolls back takes its row (and its notification)
-with it. On PostgreSQL the insert first takes a transaction-level advisory
-lock of the channel, so that publishing transactions commit in the order of
-their ids, which the listeners rely on to never skip one (see
-:mod:`._outbox_listener`).
+``sessionext_outbox``, on the session's own connection to the outbox bind.
+A transaction or SAVEPOINT that rolls back takes its row with it. The insert
+takes no lock and notifies nobody (see :mod:`.outbox` for how listeners find
+the rows in commit order without either); once the transaction committed,
+it wakes this process's listener, which tells the others.
 """
 
 from __future__ import annotations
@@ -31,17 +29,14 @@ from . import outbox_listener as _outbox_listener
 from .base import Feature, Parts
 from .levels import end_level, mark_released
 from .outbox import (
-    OUTBOX,
-    Summary,
-    advisory_lock_key,
-    encode,
-    entity_name,
+    PG_PUBLISH,
+    SQLITE_PUBLISH,
     is_missing_table,
     missing_table,
-    outbox_table,
     prune,
     utcnow,
 )
+from .outbox_payload import Summary, encode, entity_name
 
 #: How many publications of a process go between two prunings by it, at most.
 PRUNE_EVERY = 1000
@@ -49,23 +44,14 @@ PRUNE_EVERY = 1000
 #: The key of ``session.info`` holding what each transaction level collected.
 _LEVELS = "sessionext.broadcast"
 
-#: Inserts the outbox row after taking the channel's advisory lock, and
-#: notifies its id, in one round trip: the lock is taken while the row is
-#: being formed, before its id is drawn from the sequence.
-_PG_PUBLISH = sa.text(
-    "WITH published AS ("
-    f" INSERT INTO {OUTBOX} (channel, created_at, payload)"
-    " SELECT :channel, :created_at, :payload"
-    " FROM (SELECT pg_advisory_xact_lock(:lock)) AS locked"
-    " RETURNING id)"
-    " SELECT id, pg_notify(:channel, id::text) FROM published"
-)
+#: The key of ``session.info`` that says the transaction published.
+_PUBLISHED = "sessionext.broadcast.published"
 
-#: Elsewhere: one statement, its values as parameters, so that it is compiled
-#: once rather than built and looked up in the cache at each publication.
-_INSERT = outbox_table.insert()
+#: The databases whose outbox can be read in commit order (see
+#: :mod:`.outbox`).
+DIALECTS = ("postgresql", "sqlite")
 
-#: ``_PG_PUBLISH`` compiled once per dialect: the statement in the driver's
+#: ``PG_PUBLISH`` compiled once per dialect: the statement in the driver's
 #: parameter style and, for a positional style, the names in their order.
 #: ``exec_driver_sql`` runs it without the compiled-cache lookup and result
 #: set-up of ``Connection.execute``, which were a third of the time
@@ -78,7 +64,7 @@ _PG_COMPILED = weakref.WeakKeyDictionary()
 def _pg_publish(dialect: sa.Dialect) -> tuple[str, tuple[str, ...] | None]:
     compiled = _PG_COMPILED.get(dialect)
     if compiled is None:
-        statement = _PG_PUBLISH.compile(dialect=dialect)
+        statement = PG_PUBLISH.compile(dialect=dialect)
         order = tuple(statement.positiontup or ()) if statement.positional else None
         compiled = _PG_COMPILED[dialect] = (statement.string, order)
     return compiled
@@ -189,7 +175,14 @@ class Broadcast(Feature):
         self._session_class = parts.session_class
         self.settings = settings
         self.engine = parts.engines[settings.bind]
-        self._lock_key = advisory_lock_key(settings.channel)
+        dialect = self.engine.dialect.name
+        if dialect not in DIALECTS:
+            raise ValueError(
+                f"'SESSIONEXT_BROADCAST' needs its outbox on PostgreSQL or SQLite,"
+                f" where listeners can read it in commit order; its bind"
+                f" {settings.bind!r} is on {dialect!r}. Point the 'bind' setting"
+                " at a PostgreSQL or SQLite bind."
+            )
         self._published = 0
         #: When this process last pruned the outbox (``created_at`` time).
         self._pruned_at: datetime.datetime | None = None
@@ -241,7 +234,9 @@ class Broadcast(Feature):
             return  # another thread of this process started one meanwhile
         for other in list(self._listeners_by_pid):
             if other != pid:  # the parent's: its thread is not in this process
-                self._listeners_by_pid.pop(other, None)
+                parent = self._listeners_by_pid.pop(other, None)
+                if parent is not None:
+                    candidate.inherit(parent)
         candidate.start()
         if not self._receiving:  # the last receiver left meanwhile
             self._stop_receiving()
@@ -322,8 +317,8 @@ class Broadcast(Feature):
         )
 
     def _publish(self, session: orm.Session, changes: list[Summary]) -> None:
-        """Insert the outbox row of ``changes`` (and notify it) in the
-        session's transaction on the outbox bind.
+        """Insert the outbox row of ``changes`` in the session's transaction
+        on the outbox bind.
 
         :raise RuntimeError: the outbox table does not exist.
         """
@@ -333,49 +328,48 @@ class Broadcast(Feature):
         target = router.stand_ins.get(engine, engine) if router else engine
         connection = session.connection(bind_arguments={"bind": target})
         now = utcnow()
+        channel = self.settings.channel
         try:
             if connection.dialect.name == "postgresql":
                 statement, order = _pg_publish(connection.dialect)
                 parameters = {
                     "created_at": now,
                     "payload": payload,
-                    "lock": self._lock_key,
-                    "channel": self.settings.channel,
+                    "channel": channel,
                 }
-                sequence = connection.exec_driver_sql(
+                connection.exec_driver_sql(
                     statement,
                     parameters
                     if order is None
                     else tuple(parameters[name] for name in order),
-                ).scalar_one()
+                )
             else:
-                inserted = connection.execute(
-                    _INSERT,
+                connection.execute(
+                    SQLITE_PUBLISH,
                     {
-                        "channel": self.settings.channel,
+                        "channel": channel,
                         "created_at": now,
                         "payload": payload,
+                        "previous_channel": channel,
                     },
                 )
-                sequence = t.cast("sa.Row[t.Any]", inserted.inserted_primary_key)[0]
-            if self._receiving:
-                listener = self.listener
-                if listener is None:  # a forked child, with no context pushed
-                    app = self._app()
-                    if app is not None:
-                        self._receive(app)
-                    listener = self.listener
-                if listener is not None:
-                    listener.published(int(sequence))
+            session.info[_PUBLISHED] = True
+            if self._receiving and self.listener is None:
+                # A forked child, with no app context pushed yet.
+                app = self._app()
+                if app is not None:
+                    self._receive(app)
             self._published += 1
-            # By count, and by age: a process that publishes seldom (a CLI
-            # job, a worker restarted after a few requests) prunes at its
-            # first publication and then whenever 'keep' seconds have passed.
+            # By age, whatever the number of publications: a process that
+            # publishes seldom (a CLI job, a worker restarted after a few
+            # requests) prunes at its first publication, then whenever
+            # 'keep' seconds have passed; one that publishes a lot, at every
+            # PRUNE_EVERY-th too. It never waits for another transaction.
             if self._published % PRUNE_EVERY == 0 or (
                 self._pruned_at is None or now - self._pruned_at >= self._keep
             ):
                 self._pruned_at = now
-                prune(connection, self.settings.channel, self.settings.keep, now)
+                prune(connection, channel, self.settings.keep, now)
         except sa_exc.DBAPIError as e:
             if is_missing_table(e):
                 raise missing_table(engine.url) from e
@@ -383,8 +377,16 @@ class Broadcast(Feature):
 
     def _after_commit(self, session: orm.Session) -> None:
         mark_released(session.info.get(_LEVELS), session)
+        if session.get_nested_transaction() is None and session.info.pop(
+            _PUBLISHED, False
+        ):
+            listener = self.listener
+            if listener is not None:
+                listener.wake()
 
     def _after_transaction_end(
         self, session: orm.Session, transaction: orm.SessionTransaction
     ) -> None:
         end_level(session.info.get(_LEVELS), transaction, _Level)
+        if transaction.parent is None:
+            session.info.pop(_PUBLISHED, None)

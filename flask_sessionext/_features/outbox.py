@@ -1,24 +1,31 @@
-"""The outbox table of ``SESSIONEXT_BROADCAST`` and what its rows hold.
+"""The outbox tables of ``SESSIONEXT_BROADCAST``, and the SQL that writes,
+ticks and prunes them.
 
-Each row is one publication on one channel: the net row changes of one committed
-transaction, as JSON (``{"origin": ..., "changes": [[entity, table, pk,
-operation, columns], ...]}``), never row values. A primary key value that
-JSON does not hold keeps its type as ``{"uuid": "..."}``, ``{"date": ...}``
-and so on. Its id, drawn from the
-table's sequence, is the publication's sequence number.
+``sessionext_outbox`` holds one row per publication: the net row changes of
+one committed transaction on one channel (see :mod:`.outbox_payload`). How a
+listener finds the rows in commit order, without any lock on the writers,
+depends on the database:
+
+- **PostgreSQL**, after PgQ: each row carries ``txid``, the id of the
+  transaction that wrote it. Listeners take turns, under the channel's
+  advisory lock held for one server-side statement only, to write a *tick*
+  (``sessionext_outbox_ticks``): a snapshot of which transactions had
+  committed. The rows between two consecutive ticks are those whose
+  transaction is visible in the second snapshot and not in the first; every
+  listener reads the same ticks, so every process delivers the same batches,
+  each in id order. A transaction still running at a tick is in a later
+  batch: nothing is skipped, and no writer waits for another.
+- **SQLite** runs one writing transaction at a time, so ids are in commit
+  order; each row carries ``previous_id``, the channel's row before it, so
+  that a listener can tell rows pruned while it was away from ids that
+  other channels used.
 """
 
 from __future__ import annotations
 
-import base64
 import dataclasses
-import datetime as dt
-import decimal
-import enum
 import hashlib
-import json
 import typing as t
-import uuid
 from datetime import datetime, timedelta, timezone
 
 import sqlalchemy as sa
@@ -27,36 +34,50 @@ from .._config.passwords import mask_url
 
 Operation = t.Literal["insert", "update", "delete"]
 
-#: The name of the outbox table.
+#: The names of the outbox tables.
 OUTBOX = "sessionext_outbox"
+TICKS = "sessionext_outbox_ticks"
 
-#: The outbox table, alone on its MetaData, so that Alembic autogenerate sees
-#: it when ``env.py`` lists this MetaData in ``target_metadata``.
+#: The outbox tables, alone on their MetaData, which ``db.metadata`` and
+#: ``db.metadatas`` include for the outbox bind while broadcast is on.
 outbox_metadata = sa.MetaData()
+_BIGINT = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 outbox_table = sa.Table(
     OUTBOX,
     outbox_metadata,
-    sa.Column(
-        "id",
-        sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
-        primary_key=True,
-        autoincrement=True,
-    ),
+    sa.Column("id", _BIGINT, primary_key=True, autoincrement=True),
     # Deployments that share the table, each on a channel of its own, read
-    # only their own rows; ids are in commit order within a channel.
+    # only their own rows.
     sa.Column("channel", sa.String(63), nullable=False),
-    # Naive UTC: the same on every dialect, and compared as such when pruning.
+    # Naive UTC, on the publishing process's clock: compared as such when
+    # pruning and when a listener starts.
     sa.Column("created_at", sa.DateTime(), nullable=False, index=True),
     sa.Column("payload", sa.Text(), nullable=False),
+    # PostgreSQL: the writing transaction's id (pg_current_xact_id()).
+    sa.Column("txid", sa.BigInteger(), nullable=True),
+    # SQLite: the id of the channel's row before this one.
+    sa.Column("previous_id", _BIGINT, nullable=True),
+    sa.Index(f"ix_{OUTBOX}_channel_txid", "channel", "txid"),
     # Ids are never reused, also once every row was pruned: a listener that
     # read up to an id would otherwise skip the new rows under it.
     sqlite_autoincrement=True,
 )
+ticks_table = sa.Table(
+    TICKS,
+    outbox_metadata,
+    sa.Column("id", _BIGINT, primary_key=True, autoincrement=True),
+    sa.Column("channel", sa.String(63), nullable=False),
+    sa.Column("created_at", sa.DateTime(), nullable=False),
+    # pg_current_snapshot() as text: "xmin:xmax:xip,xip,...".
+    sa.Column("snapshot", sa.Text(), nullable=False),
+    sqlite_autoincrement=True,
+)
 
 _MISSING_TABLE = (
-    f"The outbox table {OUTBOX!r} of 'SESSIONEXT_BROADCAST' does not exist in"
-    " the database {url}. Create it with 'flask sessionext create-outbox', or"
-    " with a migration (see the 'Broadcast' page of the documentation)."
+    f"The outbox tables {OUTBOX!r} and {TICKS!r} of 'SESSIONEXT_BROADCAST' are"
+    " missing, or lack a column, in the database {url}. Create them with"
+    " 'flask sessionext create-outbox', or with a migration (see the"
+    " 'Broadcast' page of the documentation)."
 )
 
 
@@ -87,129 +108,22 @@ class CommittedChange:
     previous_primary_key: tuple[t.Any, ...] | None = None
 
 
-#: A change as the payload holds it: entity, table, pk, operation, columns,
-#: and the previous pk of an update that changed it (else ``None``).
-Summary = tuple[
-    str, str, tuple[t.Any, ...], str, frozenset[str], "tuple[t.Any, ...] | None"
-]
-
-
-class EnumName(str):
-    """The name of an Enum member of a primary key, until the receiving
-    process finds the member in the class it maps.
-    """
-
-
-#: The JSON form of a key value that JSON does not hold, by type: the first
-#: matching type (``datetime`` before ``date``, its base) and its encoder.
-_TAGGED: tuple[tuple[str, type, t.Callable[[t.Any], str]], ...] = (
-    ("enum", enum.Enum, lambda value: str(value.name)),
-    ("uuid", uuid.UUID, str),
-    ("decimal", decimal.Decimal, str),
-    ("datetime", dt.datetime, dt.datetime.isoformat),
-    ("date", dt.date, dt.date.isoformat),
-    ("time", dt.time, dt.time.isoformat),
-    ("bytes", bytes, lambda value: base64.b64encode(value).decode()),
-)
-_DECODERS: dict[str, t.Callable[[str], t.Any]] = {
-    "enum": EnumName,
-    "uuid": uuid.UUID,
-    "decimal": decimal.Decimal,
-    "datetime": dt.datetime.fromisoformat,
-    "date": dt.date.fromisoformat,
-    "time": dt.time.fromisoformat,
-    "bytes": base64.b64decode,
-    "str": str,
-}
-
-
-def _encode_value(value: t.Any) -> t.Any:
-    """A primary key value as JSON holds it: as it is for JSON's own types,
-    else ``{tag: text}``.
-    """
-    if value is None or (
-        isinstance(value, (str, int, float)) and not isinstance(value, enum.Enum)
-    ):
-        return value
-    for tag, kind, encoder in _TAGGED:
-        if isinstance(value, kind):
-            return {tag: encoder(value)}
-    return {"str": str(value)}
-
-
-def _decode_value(value: t.Any) -> t.Any:
-    """Undo :func:`_encode_value`."""
-    if isinstance(value, dict) and len(value) == 1:
-        ((tag, text),) = value.items()
-        decoder = _DECODERS.get(tag)
-        if decoder is not None and isinstance(text, str):
-            return decoder(text)
-    return value
-
-
-def encode(origin: str, changes: t.Iterable[Summary]) -> str:
-    """The payload of one publication."""
-    return json.dumps(
-        {
-            "origin": origin,
-            "changes": [
-                [
-                    entity,
-                    table,
-                    [_encode_value(value) for value in pk],
-                    operation,
-                    sorted(columns),
-                    *(
-                        ()
-                        if previous is None
-                        else ([_encode_value(value) for value in previous],)
-                    ),
-                ]
-                for entity, table, pk, operation, columns, previous in changes
-            ],
-        },
-        separators=(",", ":"),
-    )
-
-
-def decode(payload: str) -> tuple[str, list[Summary]]:
-    """The origin and the changes of a payload.
-
-    :raise ValueError: it is not a payload of :func:`encode`.
-    """
-    data = json.loads(payload)
-    try:
-        changes = [
-            (
-                str(entity),
-                str(table),
-                tuple(_decode_value(value) for value in pk),
-                str(operation),
-                frozenset(columns),
-                tuple(_decode_value(value) for value in rest[0]) if rest else None,
-            )
-            for entity, table, pk, operation, columns, *rest in data["changes"]
-        ]
-        return str(data["origin"]), changes
-    except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"not an outbox payload: {payload[:80]!r}") from e
-
-
 def advisory_lock_key(channel: str) -> int:
-    """The PostgreSQL advisory lock key of ``channel``, a signed 64-bit int."""
+    """The PostgreSQL advisory lock key of ``channel``'s ticks, a signed
+    64-bit int.
+    """
     digest = hashlib.blake2b(channel.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
 
 
-def entity_name(cls: type) -> str:
-    """How a payload names a mapped class."""
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
 def is_missing_table(error: BaseException) -> bool:
-    """Whether ``error`` says that the outbox table does not exist."""
+    """Whether ``error`` says that an outbox table, or a column of it, does
+    not exist.
+    """
     text = str(getattr(error, "orig", None) or error).lower()
-    return OUTBOX in text and ("does not exist" in text or "no such table" in text)
+    return OUTBOX in text and (
+        "does not exist" in text or "no such" in text or "has no column" in text
+    )
 
 
 def missing_table(url: sa.URL) -> RuntimeError:
@@ -222,16 +136,140 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
+def _timestamp(value: datetime) -> str:
+    """``value`` as a PostgreSQL timestamp literal."""
+    return f"'{value.isoformat(sep=' ')}'::timestamp"
+
+
+#: PostgreSQL: inserts the outbox row with its transaction's id. No lock, no
+#: notification: PostgreSQL takes a lock of the whole database to queue the
+#: notifications of a committing transaction and holds it while the commit
+#: is flushed, which would serialise every publishing commit again.
+PG_PUBLISH = sa.text(
+    f"INSERT INTO {OUTBOX} (channel, created_at, payload, txid)"
+    " VALUES (:channel, :created_at, :payload, pg_current_xact_id()::text::bigint)"
+    " RETURNING id"
+)
+
+#: SQLite: inserts the outbox row with the id of the channel's previous row;
+#: the write lock of the transaction keeps both in commit order.
+SQLITE_PUBLISH = outbox_table.insert().values(
+    previous_id=sa.select(sa.func.max(outbox_table.c.id))
+    .where(outbox_table.c.channel == sa.bindparam("previous_channel"))
+    .scalar_subquery()
+)
+
+#: Whether a transaction id (``txid``, bigint) is visible in a snapshot
+#: (text): committed when the snapshot was taken.
+_VISIBLE = "pg_visible_in_snapshot({txid}::text::xid8, {snapshot}::pg_snapshot)"
+
+
+def pg_tick(channel: str, now: datetime) -> str:
+    """One statement that writes the next tick of ``channel``, and notifies
+    the channel, when rows committed since the last tick; nothing otherwise.
+
+    A ``DO`` block, so that the server runs it whole without waiting for the
+    client: the advisory lock that puts the ticks in order is held for this
+    statement only, and a listener stopped while it waits for the answer
+    holds nothing. The snapshot is taken once the lock is held (each
+    statement of a ``DO`` block takes a new one), so a tick written later
+    sees everything an earlier one saw. A tick needs no durability: it is
+    committed without waiting for the disk.
+    """
+    visible_new = _VISIBLE.format(txid="o.txid", snapshot="snap")
+    visible_old = _VISIBLE.format(txid="o.txid", snapshot="last_snap")
+    return f"""DO $sessionext$
+DECLARE
+  last_snap text;
+  snap text;
+BEGIN
+  PERFORM set_config('synchronous_commit', 'off', true);
+  PERFORM pg_advisory_xact_lock({advisory_lock_key(channel)});
+  SELECT snapshot INTO last_snap FROM {TICKS} WHERE channel = '{channel}'
+    ORDER BY id DESC LIMIT 1;
+  snap := pg_current_snapshot()::text;
+  IF last_snap IS NULL OR EXISTS (
+    SELECT 1 FROM {OUTBOX} o WHERE o.channel = '{channel}'
+      AND o.txid >= pg_snapshot_xmin(last_snap::pg_snapshot)::text::bigint
+      AND {visible_new} AND NOT {visible_old}
+  ) THEN
+    INSERT INTO {TICKS} (channel, created_at, snapshot)
+      VALUES ('{channel}', {_timestamp(now)}, snap);
+    PERFORM pg_notify('{channel}', '');
+  END IF;
+END $sessionext$"""
+
+
+def pg_prune(channel: str, cutoff: datetime) -> str:
+    """One statement that deletes the outbox rows and ticks of ``channel``
+    older than ``cutoff`` that no listener can need, skipping rows that
+    another transaction is deleting (it never waits).
+
+    The newest tick always stays, and a row goes only once a remaining tick
+    covers it, so a listener whose tick remains misses nothing. When no tick
+    was written for longer than ``keep`` while rows came (no listener ran),
+    the old rows go all the same, and every tick with them: a listener that
+    stopped at one finds it gone and sends ``publications_lost``.
+    """
+    uncovered = _VISIBLE.format(txid="o.txid", snapshot="newest_snap")
+    return f"""DO $sessionext$
+DECLARE
+  cutoff timestamp := {_timestamp(cutoff)};
+  newest_id bigint;
+  newest_at timestamp;
+  newest_snap text;
+  oldest_xmin bigint;
+BEGIN
+  SELECT id, created_at, snapshot INTO newest_id, newest_at, newest_snap
+    FROM {TICKS} WHERE channel = '{channel}' ORDER BY id DESC LIMIT 1;
+  IF (newest_id IS NULL OR newest_at < cutoff) AND EXISTS (
+    SELECT 1 FROM {OUTBOX} o WHERE o.channel = '{channel}'
+      AND o.created_at < cutoff
+      AND (newest_id IS NULL OR NOT {uncovered})
+  ) THEN
+    DELETE FROM {TICKS} WHERE id IN (SELECT id FROM {TICKS}
+      WHERE channel = '{channel}' FOR UPDATE SKIP LOCKED);
+    DELETE FROM {OUTBOX} WHERE id IN (SELECT id FROM {OUTBOX}
+      WHERE channel = '{channel}' AND created_at < cutoff FOR UPDATE SKIP LOCKED);
+    RETURN;
+  END IF;
+  DELETE FROM {TICKS} WHERE id IN (SELECT id FROM {TICKS}
+    WHERE channel = '{channel}' AND created_at < cutoff AND id < newest_id
+    FOR UPDATE SKIP LOCKED);
+  SELECT pg_snapshot_xmin(snapshot::pg_snapshot)::text::bigint INTO oldest_xmin
+    FROM {TICKS} WHERE channel = '{channel}' ORDER BY id LIMIT 1;
+  DELETE FROM {OUTBOX} WHERE id IN (SELECT id FROM {OUTBOX}
+    WHERE channel = '{channel}' AND created_at < cutoff AND txid < oldest_xmin
+    FOR UPDATE SKIP LOCKED);
+END $sessionext$"""
+
+
+def count(connection: sa.Connection, channel: str) -> int:
+    """How many outbox rows ``channel`` has."""
+    return int(
+        connection.execute(
+            sa.select(sa.func.count()).where(outbox_table.c.channel == channel)
+        ).scalar_one()
+    )
+
+
 def prune(
     connection: sa.Connection, channel: str, keep: float, now: datetime | None = None
-) -> int:
-    """Delete the outbox rows of ``channel`` older than ``keep`` seconds;
-    return how many.
+) -> None:
+    """Delete the outbox rows of ``channel`` older than ``keep`` seconds that
+    no listener can need.
+
+    On SQLite the channel's newest row stays, so that a listener at it can
+    tell that nothing after it was pruned.
     """
     cutoff = (now or utcnow()) - timedelta(seconds=keep)
-    result = connection.execute(
+    if connection.dialect.name == "postgresql":
+        connection.exec_driver_sql(pg_prune(channel, cutoff))
+        return
+    mine = outbox_table.c.channel == channel
+    newest = sa.select(sa.func.max(outbox_table.c.id)).where(mine).scalar_subquery()
+    connection.execute(
         outbox_table.delete().where(
-            outbox_table.c.channel == channel, outbox_table.c.created_at < cutoff
+            mine, outbox_table.c.created_at < cutoff, outbox_table.c.id < newest
         )
     )
-    return result.rowcount

@@ -1,28 +1,31 @@
 """The receiving side of ``SESSIONEXT_BROADCAST``: a listener thread per app
 that receives ``models_committed_anywhere``, and per process.
 
-On PostgreSQL with psycopg the thread holds a connection of its own, outside
-every pool, that ``LISTEN``\\s on the channel; elsewhere it polls the outbox
-every ``poll_interval`` seconds. At each wake-up (a notification, or at the
-latest every :data:`WAIT` seconds) it reads the outbox rows after the last
-one it delivered, in id order, and sends each to the app. Publishing
-transactions commit in id order (see :mod:`._broadcast`), so no row can
-appear behind the last one read: the thread never skips one, and, keeping
-that last id across reconnections, never delivers one twice.
+The thread connects as the outbox bind's pool would (its URL, ``connect_args``,
+``creator`` and the receivers of ``do_connect``), then detaches the
+connection from the pool and keeps it for itself. It reads the outbox with a
+reader of :mod:`.outbox_reading`, which keeps its position across
+reconnections, so it never delivers a publication twice; on PostgreSQL it
+first writes the next tick. It wakes up when a transaction of this process
+published (a byte on its pipe, :meth:`OutboxListener.wake`: the publisher
+waits for nothing), when another process wrote a tick (a notification, on
+PostgreSQL with psycopg, which ``LISTEN``\\s), and at the latest every
+:data:`WAIT` seconds (``poll_interval`` where it does not listen).
 
-The listener belongs to the app's :class:`~._broadcast.Broadcast`, on its
+The listener belongs to the app's :class:`~.broadcast.Broadcast`, on its
 runtime. Each start of it is a :class:`_Run` of one process: its loop goes
 on only while the run is current (not stopped, and in the process that
 started it). A forked child gets no thread of its parent's, but under gevent
 it gets its parent's greenlet, which would go on in the child: at its next
 check it finds itself in another process and leaves, delivering nothing and
-closing nothing. The child starts a listener of its own when it needs one.
+closing nothing. The child starts a listener of its own, from where its
+parent's was at the fork (:meth:`OutboxListener.inherit`).
 
 What is kept for the whole process, and why: the process is the scope of
 these, and nothing else of the package is kept outside the runtimes.
 
-- :data:`_origin`, the id of the process in the payloads it publishes: new
-  in each child.
+- :data:`_origin`, the id of the process in the payloads it publishes, and
+  :data:`_forked_at`, when it was forked: new in each child.
 - :data:`_running`, the runs started in this process, held weakly: threads and
   sockets belong to the process, and only a process-wide hook can find them
   at a fork (where the child points each inherited listener socket at
@@ -39,36 +42,33 @@ that the child does not have.
 from __future__ import annotations
 
 import atexit
+import contextlib
+import copy
 import logging
 import os
 import select
 import sys
 import threading
+import time
 import typing as t
 import uuid
 import weakref
-from collections.abc import Callable, Sequence
+from datetime import datetime
 
 import sqlalchemy as sa
 from flask import Flask
-from sqlalchemy.pool import NullPool
 
 from .._config.passwords import hide_passwords, mask_url
 from .._config.settings import BroadcastSettings
 from .._sqlalchemy_private import all_registries
-from ..signals import models_committed_anywhere
+from ..signals import models_committed_anywhere, publications_lost
 from .base import report
-from .outbox import (
-    OUTBOX,
-    CommittedChange,
-    EnumName,
-    Operation,
-    decode,
-    entity_name,
-    is_missing_table,
-    missing_table,
-    outbox_table,
-)
+from .outbox import CommittedChange, Operation, is_missing_table, missing_table, utcnow
+from .outbox_payload import decode, entity_name, typed_key
+from .outbox_reading import Database, PgReader, Reader, SqliteReader
+
+#: The reason of ``publications_lost`` for a row that does not decode.
+UNREADABLE = "unreadable publication"
 
 #: Where the listeners log their connections and errors; receivers' errors
 #: go to their app's logger.
@@ -79,21 +79,20 @@ WAIT = 1.0
 #: The first and the longest wait before reconnecting, seconds.
 MIN_BACKOFF = 0.05
 MAX_BACKOFF = 2.0
-#: Rows read per query.
-BATCH = 500
+#: How long a missing outbox table is only logged at DEBUG level: a CLI
+#: command that creates it (``create-all``, ``db upgrade``) prints nothing.
+QUIET_MISSING = 10.0
 #: The prefix of ``application_name`` of the listener connections.
 APPLICATION_NAME = "sessionext-broadcast"
 
 #: Tells this process's publications apart; new in each child.
 _origin = uuid.uuid4().hex
+#: When this process was forked (naive UTC); ``None`` in the first process.
+_forked_at: datetime | None = None
 #: The listener runs started in this process (see the module's docstring).
 _running: weakref.WeakSet[_Run] = weakref.WeakSet()
 #: Connections inherited from the parent: kept, never closed (see module doc).
 _inherited: list[object] = []
-
-#: Reads the outbox: the last id (``after`` is ``None``), the rows of ``ids``,
-#: or the rows after ``after``, in id order.
-Fetch = Callable[[int | None, Sequence[int]], Sequence[t.Any]]
 
 
 def origin() -> str:
@@ -105,8 +104,9 @@ def _after_fork_in_child() -> None:
     """In a forked child: a new origin, and the parent's listener sockets
     pointed at ``/dev/null`` and kept, before any inherited greenlet can run.
     """
-    global _origin
+    global _origin, _forked_at
     _origin = uuid.uuid4().hex
+    _forked_at = utcnow()
     for run in list(_running):
         if run.greenlet is not None:
             # Thrown in when the child's hub first runs, before the greenlet
@@ -115,8 +115,6 @@ def _after_fork_in_child() -> None:
         if run.connection is not None:
             _detach(run.connection)
             _inherited.append(run.connection)
-        if run.poll_engine is not None:
-            _inherited.append(run.poll_engine)
     _running.clear()
 
 
@@ -127,6 +125,7 @@ def _stop_all() -> None:
     runs = [run for run in list(_running) if run.pid == os.getpid()]
     for run in runs:
         run.stop.set()
+        run.wake()
     for run in runs:
         thread = run.thread
         if thread is not None and thread is not threading.current_thread():
@@ -146,26 +145,49 @@ class _Run:
         "connection",
         "greenlet",
         "pid",
-        "poll_engine",
         "stop",
         "thread",
+        "wake_read",
+        "wake_write",
     )
 
     def __init__(self) -> None:
         #: The process that started it.
         self.pid = os.getpid()
         self.stop = threading.Event()
-        #: The connection of the ``LISTEN``, while there is one.
+        #: The DBAPI connection it reads with, while there is one.
         self.connection: t.Any = None
-        #: The engine it polls with, where it polls.
-        self.poll_engine: sa.Engine | None = None
         self.thread: threading.Thread | None = None
         #: The gevent greenlet of its thread, when gevent patched threading.
         self.greenlet: t.Any = None
+        #: Its wake-up pipe: closed once the run is collected, so that a
+        #: publisher holding the run never writes to a reused descriptor.
+        self.wake_read, self.wake_write = os.pipe()
+        os.set_blocking(self.wake_read, False)
+        os.set_blocking(self.wake_write, False)
+        weakref.finalize(self, _close, self.wake_read, self.wake_write)
 
     def current(self) -> bool:
         """Whether its loop goes on: not stopped, and in its own process."""
         return not self.stop.is_set() and self.pid == os.getpid()
+
+    def wake(self) -> None:
+        """Wake its loop up, without waiting."""
+        with contextlib.suppress(OSError):  # full: it is awake already
+            os.write(self.wake_write, b"!")
+
+    def woken(self) -> bool:
+        """Whether it was woken up since the last call."""
+        try:
+            return bool(os.read(self.wake_read, 4096))
+        except OSError:
+            return False
+
+
+def _close(*fds: int) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
 class OutboxListener:
@@ -176,35 +198,46 @@ class OutboxListener:
     def __init__(
         self, app: Flask, engine: sa.Engine, settings: BroadcastSettings
     ) -> None:
-        self.url = engine.url
+        self.engine = engine
         self.label = mask_url(engine.url)
         self.channel = settings.channel
         self.poll_interval = settings.poll_interval
-        self._connect_args = dict(settings.connect_args)
         dialect = engine.dialect
         #: Whether it ``LISTEN``\\s (PostgreSQL with psycopg) or polls.
         self.listens = dialect.name == "postgresql" and dialect.driver == "psycopg"
-        self._engine = engine
+        reader = PgReader if dialect.name == "postgresql" else SqliteReader
+        #: Where it is in the outbox; it delivers what was published from
+        #: the moment it was created on.
+        self.reader: Reader = reader(settings.channel, settings.keep, utcnow())
         #: The app it delivers to, held weakly: it stops once the app is gone.
         self.app = weakref.ref(app)
         #: The process it belongs to.
         self.pid = os.getpid()
-        #: The id of the last row delivered; ``None`` until the first start.
-        self.last_seen: int | None = None
-        #: How many publications it delivered.
+        #: How many publications it delivered, and how many losses it told.
         self.delivered = 0
+        self.losses = 0
         #: Set while it is connected and up to date.
         self.connected = threading.Event()
         self._run_state: _Run | None = None
         self._backoff = MIN_BACKOFF
+        self._missing_since: float | None = None
         self._models: dict[tuple[str, str], type] = {}
-        #: This process's publications made before :attr:`last_seen` was
-        #: read (see :meth:`published`).
-        self._early: list[int] = []
+
+    def inherit(self, parent: OutboxListener) -> None:
+        """Go on from where ``parent``, the listener of the process this one
+        was forked from, was at the fork; from the fork, when it had not
+        started reading.
+        """
+        if parent.reader.position is not None:
+            # Immutable values: the copy goes on alone.
+            self.reader = copy.copy(parent.reader)
+        else:
+            since = parent.reader.since or utcnow()
+            self.reader.since = max(since, _forked_at) if _forked_at else since
 
     @property
     def connection(self) -> t.Any:
-        """The connection of the ``LISTEN``, while there is one."""
+        """The DBAPI connection it reads with, while there is one."""
         run = self._run_state
         return None if run is None else run.connection
 
@@ -222,6 +255,12 @@ class OutboxListener:
         _running.add(run)
         run.thread.start()
 
+    def wake(self) -> None:
+        """Read the outbox now: this process published."""
+        run = self._run_state
+        if run is not None and run.current():
+            run.wake()
+
     def stop(self, *, join: bool) -> None:
         """Stop the thread; with ``join``, wait a little for it to close its
         connection.
@@ -230,6 +269,7 @@ class OutboxListener:
         if run is None:
             return
         run.stop.set()
+        run.wake()
         thread = run.thread
         if join and thread is not None and thread is not threading.current_thread():
             thread.join(timeout=WAIT + 1)
@@ -243,10 +283,7 @@ class OutboxListener:
         try:
             while self._live(run):
                 try:
-                    if self.listens:
-                        self._listen(run)
-                    else:
-                        self._poll(run)
+                    self._read_until_stopped(run)
                 except Exception as e:
                     if not run.current():
                         break
@@ -261,8 +298,17 @@ class OutboxListener:
                 logger.debug("Broadcast listener of %s stopped.", self.label)
 
     def _report(self, error: Exception) -> None:
-        if isinstance(error, RuntimeError) and OUTBOX in str(error):
-            logger.error("%s Retrying in %.2f s.", error, self._backoff)
+        if isinstance(error, RuntimeError) and "outbox" in str(error):
+            now = time.monotonic()
+            if self._missing_since is None:
+                self._missing_since = now
+            quiet = now - self._missing_since < QUIET_MISSING
+            logger.log(
+                logging.DEBUG if quiet else logging.WARNING,
+                "%s Retrying in %.2f s.",
+                error,
+                self._backoff,
+            )
             return
         logger.warning(
             "Broadcast listener of %s (channel %r) lost its connection: %s: %s"
@@ -274,154 +320,94 @@ class OutboxListener:
             self._backoff,
         )
 
-    def _listen(self, run: _Run) -> None:
-        """``LISTEN`` on a connection of its own, and read the outbox at each
-        notification, or every :data:`WAIT` seconds, until stopped.
-        """
-        connection = run.connection = self._connect()
+    def _read_until_stopped(self, run: _Run) -> None:
+        """Connect, then tick and read at each wake-up, until stopped."""
+        db = self._connect(run)
         try:
             if not run.current():  # e.g. a greenlet of the parent's
                 return
-            channel = self.channel
-            connection.execute(f'LISTEN "{channel}"')
-
-            def fetch(after: int | None, ids: Sequence[int] = ()) -> Sequence[t.Any]:
-                if ids:
-                    sql = (
-                        f"SELECT id, payload FROM {OUTBOX} WHERE id = ANY(%s)"
-                        " ORDER BY id"
-                    )
-                    return connection.execute(sql, (list(ids),)).fetchall()  # type: ignore[no-any-return]
-                if after is None:
-                    sql = (
-                        f"SELECT coalesce(max(id), 0) FROM {OUTBOX} WHERE channel = %s"
-                    )
-                    return connection.execute(sql, (channel,)).fetchall()  # type: ignore[no-any-return]
-                sql = (
-                    f"SELECT id, payload FROM {OUTBOX} WHERE channel = %s AND id > %s"
-                    f" ORDER BY id LIMIT {BATCH}"
-                )
-                return connection.execute(sql, (channel, after)).fetchall()  # type: ignore[no-any-return]
-
-            self._catch_up(run, fetch)
+            if self.listens:
+                db.run(f'LISTEN "{self.channel}"')
+            tick = True
             while self._live(run):
-                _wait_readable(connection.fileno(), WAIT)
-                if not run.current():  # e.g. a greenlet of the parent's
-                    return
-                # What arrived, without waiting: the wait above is the one
-                # that gevent can switch in, whenever it patched ``select``.
-                for _ in connection.notifies(timeout=0):
-                    pass
-                self._catch_up(run, fetch)
+                try:
+                    if tick:
+                        self.reader.tick(db)
+                    self.reader.read(db, self._deliver, self._lost, run.current)
+                except Exception as e:
+                    if is_missing_table(e):
+                        raise missing_table(self.engine.url) from e
+                    raise
+                if not self.connected.is_set():
+                    self._backoff = MIN_BACKOFF
+                    self._missing_since = None
+                    logger.debug(
+                        "Broadcast listener of %s (channel %r) is up to date.",
+                        self.label,
+                        self.channel,
+                    )
+                    self.connected.set()
+                tick = self._wait(run, db)
         finally:
             if run.pid == os.getpid():
-                run.connection = None
-                connection.close()
+                connection, run.connection = run.connection, None
+                if connection is not None:
+                    connection.close()
 
-    def _connect(self) -> t.Any:
-        """A new autocommit DBAPI connection, outside the engine's pool."""
-        dialect = self._engine.dialect
-        cargs, cparams = dialect.create_connect_args(self.url)
-        params = {**cparams, **self._connect_args}
-        params.setdefault("connect_timeout", 5)
-        params.update(
-            autocommit=True, application_name=f"{APPLICATION_NAME}-{os.getpid()}"
-        )
+    def _connect(self, run: _Run) -> Database:
+        """A connection of the pool's making, detached from it, in autocommit
+        mode.
+        """
         logger.debug("Broadcast listener connecting to %s.", self.label)
-        return dialect.loaded_dbapi.connect(*cargs, **params)
-
-    def _poll(self, run: _Run) -> None:
-        """Read the outbox every ``poll_interval`` seconds, until stopped."""
-        engine = run.poll_engine
-        if engine is None:
-            url = self.url
-            memory = url.get_backend_name() == "sqlite" and url.database in (
-                None,
-                "",
-                ":memory:",
-            )
-            # An in-memory database lives in the app's one connection.
-            engine = (
-                self._engine if memory else sa.create_engine(url, poolclass=NullPool)
-            )
-            run.poll_engine = engine
-        while self._live(run):
-            with engine.connect() as conn:
-
-                def fetch(
-                    after: int | None, ids: Sequence[int] = ()
-                ) -> Sequence[t.Any]:
-                    mine = outbox_table.c.channel == self.channel
-                    if ids:
-                        return conn.execute(
-                            sa.select(outbox_table.c.id, outbox_table.c.payload)
-                            .where(outbox_table.c.id.in_(ids))
-                            .order_by(outbox_table.c.id)
-                        ).all()
-                    if after is None:
-                        return conn.execute(
-                            sa.select(
-                                sa.func.coalesce(sa.func.max(outbox_table.c.id), 0)
-                            ).where(mine)
-                        ).all()
-                    return conn.execute(
-                        sa.select(outbox_table.c.id, outbox_table.c.payload)
-                        .where(mine, outbox_table.c.id > after)
-                        .order_by(outbox_table.c.id)
-                        .limit(BATCH)
-                    ).all()
-
-                self._catch_up(run, fetch)
-                conn.rollback()
-            run.stop.wait(self.poll_interval)
-
-    def published(self, sequence: int) -> None:
-        """Note a publication of this process, before it commits: one made
-        before the listener read where to start is delivered too.
-        """
-        if self.last_seen is None:
-            self._early.append(sequence)
-
-    def _catch_up(self, run: _Run, fetch: Fetch) -> None:
-        """Deliver every row after :attr:`last_seen`, in id order; on the
-        first start, only this process's publications since its first
-        receiver connected, then those after the last id.
-        """
+        connection = self.engine.raw_connection()
         try:
-            if self.last_seen is None:
-                start = int(fetch(None, ())[0][0])
-                # A publication up to ``start`` committed before that read,
-                # so its publisher noted it before (no lock needed); one noted
-                # later is after ``start``, and read below.
-                early = sorted(i for i in self._early if i <= start)
-                self.last_seen = start
-                self._early = []
-                for row_id, payload in fetch(None, early) if early else ():
-                    if not run.current():
-                        return
-                    self._deliver(int(row_id), payload)
-            if not self.connected.is_set():
-                self._backoff = MIN_BACKOFF
-                logger.debug(
-                    "Broadcast listener of %s (channel %r) reads after %d.",
-                    self.label,
-                    self.channel,
-                    self.last_seen,
-                )
-                self.connected.set()
-            while run.current():
-                rows = fetch(self.last_seen, ())
-                for row_id, payload in rows:
-                    if not run.current():
-                        return
-                    self.last_seen = int(row_id)
-                    self._deliver(int(row_id), payload)
-                if len(rows) < BATCH:
-                    return
-        except Exception as e:
-            if is_missing_table(e):
-                raise missing_table(self.url) from e
+            connection.detach()
+            dbapi_connection = connection.dbapi_connection
+            assert dbapi_connection is not None, "just connected"
+            dbapi_connection.rollback()
+            dialect = self.engine.dialect
+            dialect.set_isolation_level(dbapi_connection, "AUTOCOMMIT")
+            db = Database(dbapi_connection, dialect)
+            if dialect.name == "postgresql":
+                db.run(f"SET application_name = '{APPLICATION_NAME}-{os.getpid()}'")
+        except BaseException:
+            connection.close()
             raise
+        run.connection = connection
+        return db
+
+    def _wait(self, run: _Run, db: Database) -> bool:
+        """Wait for a wake-up; whether to tick (woken by this process, or
+        the time is up) rather than only read (another process ticked).
+        """
+        timeout = WAIT if self.listens else self.poll_interval
+        fds = [run.wake_read]
+        if self.listens:
+            fds.append(db.dbapi_connection.fileno())
+        ready = _wait_readable(fds, timeout)
+        if not run.current():  # e.g. a greenlet of the parent's
+            return False
+        if self.listens:
+            # What arrived, without waiting: the wait above is the one that
+            # gevent can switch in, whenever it patched ``select``.
+            for _ in db.dbapi_connection.notifies(timeout=0):
+                pass
+        return run.woken() or not ready
+
+    def _lost(self, reason: str) -> None:
+        """Tell the app that publications it should get are gone."""
+        self.losses += 1
+        logger.warning(
+            "Broadcast listener of %s (channel %r) cannot deliver every"
+            " publication (%s); publications_lost is sent.",
+            self.label,
+            self.channel,
+            reason,
+        )
+        app = self.app()
+        if app is not None:
+            with app.app_context():
+                report(publications_lost, app, reason=reason)
 
     def _deliver(self, sequence: int, payload: str) -> None:
         """Send one publication to the app, if it still receives."""
@@ -429,6 +415,7 @@ class OutboxListener:
             sender, summaries = decode(payload)
         except ValueError as e:
             logger.error("Skipped outbox row %d of %s: %s", sequence, self.label, e)
+            self._lost(UNREADABLE)
             return
         self.delivered += 1
         app = self.app()
@@ -441,11 +428,11 @@ class OutboxListener:
                 CommittedChange(
                     model=model,
                     table=table,
-                    primary_key=_typed_key(model, pk),
+                    primary_key=typed_key(model, pk),
                     operation=t.cast(Operation, operation),
                     columns=columns,
                     previous_primary_key=(
-                        None if previous is None else _typed_key(model, previous)
+                        None if previous is None else typed_key(model, previous)
                     ),
                 )
             )
@@ -483,27 +470,6 @@ class OutboxListener:
         return self._models[key]
 
 
-def _typed_key(model: type | None, pk: tuple[t.Any, ...]) -> tuple[t.Any, ...]:
-    """``pk`` with the names of Enum members replaced by the members of the
-    Enum types of ``model``'s primary key columns; plain names where this
-    process does not map the class or the member.
-    """
-    if not any(isinstance(value, EnumName) for value in pk):
-        return pk
-    columns: list[sa.Column[t.Any]] = (
-        list(sa.inspect(model).primary_key) if model is not None else []
-    )
-    typed = []
-    for i, value in enumerate(pk):
-        if isinstance(value, EnumName):
-            column_type = columns[i].type if i < len(columns) else None
-            enum_class = getattr(column_type, "enum_class", None)
-            members = getattr(enum_class, "__members__", {})
-            value = members[value] if value in members else str(value)
-        typed.append(value)
-    return tuple(typed)
-
-
 def _detach(connection: t.Any) -> None:
     """Point the socket descriptor of an inherited connection at
     ``/dev/null``: whatever this process's copy of it sends (libpq's
@@ -521,18 +487,19 @@ def _detach(connection: t.Any) -> None:
         os.close(devnull)
 
 
-def _wait_readable(fd: int, timeout: float) -> None:
-    """Wait until ``fd`` is readable, for up to ``timeout`` seconds, with
-    :func:`select.poll` as it is at the call: once gevent has patched it, the
-    wait lets the other greenlets run, even where psycopg was imported before
-    the patch (and so waits without switching).
+def _wait_readable(fds: list[int], timeout: float) -> bool:
+    """Wait until one of ``fds`` is readable, for up to ``timeout`` seconds,
+    with :func:`select.poll` as it is at the call: once gevent has patched
+    it, the wait lets the other greenlets run, even where psycopg was
+    imported before the patch (and so waits without switching). Whether one
+    is readable.
     """
     if not hasattr(select, "poll"):  # Windows
-        select.select([fd], [], [], timeout)
-        return
+        return bool(select.select(fds, [], [], timeout)[0])
     poller = select.poll()
-    poller.register(fd, select.POLLIN)
-    poller.poll(int(timeout * 1000))
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    return bool(poller.poll(int(timeout * 1000)))
 
 
 def _gevent_greenlet() -> t.Any:

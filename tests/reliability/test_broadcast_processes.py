@@ -133,13 +133,16 @@ def wait_for_files(
         time.sleep(0.05)
 
 
-def check_received(received: Received, ids: list[int], notes: list[int]) -> None:
-    """``received`` is every publication exactly once, in order, and together
-    they name every note once.
+def check_received(every: list[Received], ids: list[int], notes: list[int]) -> None:
+    """Each of ``every`` (what each process received) is every publication
+    exactly once, each process's in the same order, and together they name
+    every note once.
     """
-    sequences = [sequence for sequence, _, _ in received]
-    assert sequences == ids
-    assert sorted(pk for _, _, pks in received for pk in pks) == notes
+    orders = [[sequence for sequence, _, _ in received] for received in every]
+    for order, received in zip(orders, every, strict=True):
+        assert sorted(order) == ids
+        assert sorted(pk for _, _, pks in received for pk in pks) == notes
+    assert all(order == orders[0] for order in orders)
 
 
 def test_terminate_and_restart_while_publishing(
@@ -172,9 +175,11 @@ def test_terminate_and_restart_while_publishing(
         lost = (tmp_path / name).read_text().count("lost its connection")
         assert lost >= 2, log_tail(tmp_path / name)
     locals_: list[int] = []
+    check_received(
+        [[tuple(r) for r in result["received"]] for result in results], ids, notes
+    )
     for result in results:
         received: Received = [tuple(r) for r in result["received"]]
-        check_received(received, ids, notes)
         locals_ += [sequence for sequence, local, _ in received if local]
         print(
             f"process {result['pid']}: published {result['published']}"
@@ -362,8 +367,9 @@ def test_gunicorn_workers_and_another_machine(
         answers = caught_up(port, ids, log)
         after = listeners(postgres_url)
     assert set(answers) == workers
-    for received in [*answers.values(), [tuple(r) for r in result["received"]]]:
-        check_received(received, ids, notes)
+    check_received(
+        [*answers.values(), [tuple(r) for r in result["received"]]], ids, notes
+    )
     # The master's listener, if it started one, was never closed by a child.
     if master.pid in before:
         assert after.get(master.pid) == before[master.pid]
@@ -414,8 +420,7 @@ def test_gunicorn_gevent_workers(
         backends = listeners(postgres_url)
     assert len(ids) == len(commits) == 40
     assert set(answers) == workers
-    for received in answers.values():
-        check_received(received, ids, notes)
+    check_received(list(answers.values()), ids, notes)
     assert len({backends[pid] for pid in workers}) == 2, backends
     local = sum(1 for received in answers.values() for r in received if r[1])
     assert local == len(commits)
@@ -488,8 +493,10 @@ def test_sqlite_processes_on_one_machine(tmp_path: Path) -> None:
         time.sleep(1.0)
     ids, notes = committed(url)
     assert len(ids) > 10, log_tail(tmp_path / "a.log")
+    check_received(
+        [[tuple(r) for r in result["received"]] for result in results], ids, notes
+    )
     for result in results:
-        check_received([tuple(r) for r in result["received"]], ids, notes)
         print(
             f"SQLite process {result['pid']}: published {result['published']}"
             f" (+{result['failed']} locked out), received"
