@@ -46,8 +46,12 @@ outbox_table = sa.Table(
     # only their own rows; ids are in commit order within a channel.
     sa.Column("channel", sa.String(63), nullable=False),
     # Naive UTC: the same on every dialect, and compared as such when pruning.
-    sa.Column("created_at", sa.DateTime(), nullable=False, index=True),
+    sa.Column("created_at", sa.DateTime(), nullable=False),
     sa.Column("payload", sa.Text(), nullable=False),
+    # Named here, as every index and constraint of the outbox tables: copied
+    # next to the app's tables for Alembic (see SessionExt.metadatas), a name
+    # left to a naming convention would follow the app's.
+    sa.Index(f"ix_{OUTBOX}_created_at", "created_at"),
     # Ids are never reused, also once every row was pruned: a listener that
     # read up to an id would otherwise skip the new rows under it.
     sqlite_autoincrement=True,
