@@ -7,7 +7,7 @@ another database.
 ``create_app()`` opens no connection, so ``flask --app example_app sessionext
 check`` can report a database that is down or misconfigured. The tables are
 created, and demo data added, by the first request or CLI job that needs them
-(or by ``flask --app example_app sessionext create-all`` and ``create-outbox``),
+(or by ``flask --app example_app sessionext create-all``, the outbox included),
 which also starts listening to the commits of the other instances (see
 ``live.py``).
 """
@@ -85,9 +85,7 @@ def prepare_database() -> None:
         return
     with state.lock:
         if not state.ready:
-            db.create_all()
-            # What 'flask sessionext create-outbox' does, with the tables.
-            db.outbox_metadata.create_all(db.engine)
+            db.create_all()  # the broadcast's outbox table too
             seed()
             live.listen(current_app._get_current_object())  # type: ignore[attr-defined]
             state.ready = True

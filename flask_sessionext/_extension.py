@@ -57,9 +57,10 @@ class SessionExt:
     :raise TypeError: an argument has the wrong type.
     """
 
-    #: The ``MetaData`` of the outbox table of ``SESSIONEXT_BROADCAST``, for
-    #: Alembic: ``target_metadata = [db.metadata, db.outbox_metadata]``.
-    #: ``flask sessionext create-outbox`` creates its table.
+    #: The ``MetaData`` of the outbox tables of ``SESSIONEXT_BROADCAST``.
+    #: While it is on, :attr:`metadatas` holds them in the outbox bind, for
+    #: Flask-Migrate, and :meth:`create_all` and ``flask sessionext
+    #: create-outbox`` create them.
     outbox_metadata: t.ClassVar[sa.MetaData] = outbox_metadata
 
     def __init__(
@@ -206,14 +207,36 @@ class SessionExt:
         spans several binds, its tables are copied into one new MetaData per
         bind. Flask-Migrate's ``--multidb`` ``env.py`` reads this.
 
+        With ``SESSIONEXT_BROADCAST`` on, the entry of the outbox bind holds
+        the outbox tables too (:attr:`outbox_metadata`), so that Alembic
+        autogenerate creates them and never proposes to drop them: that
+        bind's tables and the outbox tables are copied into a new MetaData
+        (the given ones are left as they are).
+
         :raise RuntimeError: no ``metadata`` was given to the extension, or
             no application context is pushed.
         :raise KeyError: a table names a bind key that is not configured.
-        :raise ValueError: a foreign key refers to a table of another bind.
+        :raise ValueError: a foreign key refers to a table of another bind,
+            or a table has the name of an outbox table in the outbox bind.
         """
+        features = self._current_state().feature_tables()
+        return _tables.add_feature_tables(self._split(features), features)
+
+    def _split(
+        self, features: Mapping[sa.MetaData, object]
+    ) -> Mapping[str | None, sa.MetaData]:
+        """The tables of ``metadata=`` by bind, without those of ``features``."""
         if not self._metadata:
             raise RuntimeError(_tables.NO_METADATA)
-        return _tables.split_by_bind(self._metadata, self._engines())
+        sources = [metadata for metadata in self._metadata if metadata not in features]
+        return _tables.split_by_bind(sources, self._engines())
+
+    def _schema(self) -> dict[str | None, list[sa.MetaData]]:
+        """What :meth:`create_all` creates in each bind: the MetaData of its
+        tables, then those of the features (each with its own DDL events).
+        """
+        features = self._current_state().feature_tables()
+        return _tables.with_features(self._split(features), features)
 
     @property
     def metadata(self) -> sa.MetaData:
@@ -235,21 +258,23 @@ class SessionExt:
 
     def create_all(self) -> None:
         """Create the missing tables of :attr:`metadatas` in every bind of
-        the current app; ``flask sessionext create-all`` calls it.
+        the current app, the outbox tables of ``SESSIONEXT_BROADCAST``
+        included; ``flask sessionext create-all`` calls it.
 
         :raise RuntimeError: no ``metadata`` was given to the extension, or
             no application context is pushed.
         """
-        _tables.create_all(self.metadatas, self._engines())
+        _tables.create_all(self._schema(), self._engines())
 
     def drop_all(self) -> None:
         """Drop the tables of :attr:`metadatas` from every bind of the
-        current app; ``flask sessionext drop-all`` calls it.
+        current app, the outbox tables included; ``flask sessionext
+        drop-all`` calls it.
 
         :raise RuntimeError: no ``metadata`` was given to the extension, or
             no application context is pushed.
         """
-        _tables.drop_all(self.metadatas, self._engines())
+        _tables.drop_all(self._schema(), self._engines())
 
     def get_recorded_queries(self) -> list[QueryRecord]:
         """The queries the current app context ran, oldest first, on every

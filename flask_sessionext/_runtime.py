@@ -134,6 +134,16 @@ class Runtime:
                 return feature
         raise LookupError(f"The app has no feature {cls.name!r}.")
 
+    def feature_tables(self) -> dict[sa.MetaData, tuple[str | None, str]]:
+        """The ``MetaData`` of the tables that the app's features need, with
+        the bind key of each and the feature's name.
+        """
+        return {
+            metadata: (key, feature.name)
+            for feature in self.features
+            for key, metadata in feature.tables()
+        }
+
     def start(self, app: Flask) -> None:
         """Subscribe to receiver changes, start each feature as the settings
         say, and install what the receivers already connected need.

@@ -102,43 +102,44 @@ def check_command() -> None:
         raise click.exceptions.Exit(1)
 
 
-def _metadatas(app: Flask) -> t.Mapping[str | None, sa.MetaData]:
+def _schema(app: Flask) -> dict[str | None, list[sa.MetaData]]:
     """The extension's tables by bind, or a one-line usage error."""
     try:
-        metadatas: t.Mapping[str | None, sa.MetaData] = app.extensions[
+        schema: dict[str | None, list[sa.MetaData]] = app.extensions[
             "sessionext"
-        ].extension.metadatas
+        ].extension._schema()
     except (RuntimeError, KeyError, ValueError) as e:
         message = e.args[0] if e.args else str(e)
         raise click.ClickException(str(message)) from e
-    return metadatas
+    return schema
 
 
-def _existing(engine: sa.Engine, metadata: sa.MetaData) -> int:
-    """How many tables of ``metadata`` the database of ``engine`` has."""
+def _existing(engine: sa.Engine, metadatas: list[sa.MetaData]) -> int:
+    """How many tables of ``metadatas`` the database of ``engine`` has."""
     with engine.connect() as conn:
         inspector = sa.inspect(conn)
         return sum(
             inspector.has_table(table.name, schema=table.schema)
+            for metadata in metadatas
             for table in metadata.tables.values()
         )
 
 
 @cli.command("create-all")
 def create_all_command() -> None:
-    """Create the missing tables of every bind from the extension's metadata,
-    and tell how many were created and how many already existed.
+    """Create the missing tables of every bind from the extension's metadata
+    (and the outbox tables of SESSIONEXT_BROADCAST), and tell how many were
+    created and how many already existed.
     """
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
     state = app.extensions["sessionext"]
-    for key, metadata in _metadatas(app).items():
-        if not metadata.tables:
-            continue  # connects to no bind that has nothing to create
+    for key, metadatas in _schema(app).items():
         engine = state.extension.get_engine(key)
-        existed = _existing(engine, metadata)
-        metadata.create_all(engine)
+        existed = _existing(engine, metadatas)
+        for metadata in metadatas:
+            metadata.create_all(engine)
         label = "the default bind" if key is None else f"bind {key!r}"
-        created = len(metadata.tables) - existed
+        created = sum(len(metadata.tables) for metadata in metadatas) - existed
         click.echo(
             f"Created {created} table(s) in {label} ({existed} already existed)."
         )
@@ -149,19 +150,19 @@ def create_all_command() -> None:
     "--yes", prompt="Drop every table of every bind? Their data is lost."
 )
 def drop_all_command() -> None:
-    """Drop the tables of the extension's metadata from every bind, and tell
-    how many were dropped and how many did not exist.
+    """Drop the tables of the extension's metadata (and the outbox tables of
+    SESSIONEXT_BROADCAST) from every bind, and tell how many were dropped and
+    how many did not exist.
     """
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
     state = app.extensions["sessionext"]
-    for key, metadata in _metadatas(app).items():
-        if not metadata.tables:
-            continue
+    for key, metadatas in _schema(app).items():
         engine = state.extension.get_engine(key)
-        existed = _existing(engine, metadata)
-        metadata.drop_all(engine)
+        existed = _existing(engine, metadatas)
+        for metadata in reversed(metadatas):
+            metadata.drop_all(engine)
         label = "the default bind" if key is None else f"bind {key!r}"
-        missing = len(metadata.tables) - existed
+        missing = sum(len(metadata.tables) for metadata in metadatas) - existed
         click.echo(
             f"Dropped {existed} table(s) from {label} ({missing} did not exist)."
         )

@@ -10,6 +10,7 @@ import decimal
 import enum
 import gc
 import logging
+import re
 import sys
 import threading
 import time
@@ -29,9 +30,9 @@ from sqlalchemy import orm
 
 from flask_sessionext import CommittedChange, SessionExt, signals
 from flask_sessionext._config.settings import BroadcastSettings, read_settings
-from flask_sessionext._features.broadcast import Broadcast
-from flask_sessionext._features.outbox import outbox_table, prune, utcnow
 from flask_sessionext._features import outbox_listener
+from flask_sessionext._features.broadcast import Broadcast
+from flask_sessionext._features.outbox import outbox_table, utcnow
 from flask_sessionext._features.outbox_listener import OutboxListener
 from flask_sessionext._features.outbox_payload import decode, encode, typed_key
 from flask_sessionext.signals import before_models_committed, models_committed_anywhere
@@ -159,7 +160,7 @@ def test_dict_settings(tmp_path: Path) -> None:
             "poll_interval": 0.5,
             "keep": 60,
         },
-        SESSIONEXT_BINDS={"other": "sqlite://"},
+        SESSIONEXT_BINDS={"other": f"sqlite:///{tmp_path / 'other.sqlite3'}"},
     )
     assert settings == BroadcastSettings(
         channel="shop_1",
@@ -244,14 +245,68 @@ def test_bad_settings(
     assert "sessionext" not in app.extensions
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqlite://",
+        "sqlite:///:memory:",
+        "sqlite+pysqlite:///:memory:",
+        "sqlite:///file::memory:?cache=shared&uri=true",
+        "sqlite:///file:shared_db?cache=shared&mode=memory&uri=true",
+    ],
+)
+@pytest.mark.parametrize("bind", [None, "other"])
+def test_in_memory_outbox_bind_refused(
+    tmp_path: Path, url: str, bind: str | None
+) -> None:
+    """An in-memory SQLite outbox bind, however spelt, fails in init_app,
+    naming the setting, the bind and the URL, and saying to use a file.
+    """
+    file = f"sqlite:///{tmp_path / 'app.sqlite3'}"
+    app = make_app(
+        tmp_path,
+        SESSIONEXT_DATABASE_URI=url if bind is None else file,
+        SESSIONEXT_BINDS={"other": url if bind else file},
+        SESSIONEXT_BROADCAST={"bind": bind},
+    )
+    name = "the default bind" if bind is None else "bind 'other'"
+    where = (
+        "SESSIONEXT_DATABASE_URI" if bind is None else r"SESSIONEXT_BINDS\['other'\]"
+    )
+    with pytest.raises(
+        ValueError,
+        match=rf"^'SESSIONEXT_BROADCAST' cannot publish through {name} \('{where}'"
+        rf" is '{re.escape(url)}'\): an in-memory SQLite database is one"
+        r" process's.*Use a SQLite file such as 'sqlite:///app\.sqlite3'",
+    ):
+        SessionExt(app)
+    assert "sessionext" not in app.extensions
+
+
+def test_in_memory_bind_without_broadcast(tmp_path: Path) -> None:
+    """An in-memory bind that is not the outbox bind is accepted with
+    broadcast on.
+    """
+    app = make_app(
+        tmp_path,
+        SESSIONEXT_DATABASE_URI=f"sqlite:///{tmp_path / 'app.sqlite3'}",
+        SESSIONEXT_BINDS={"other": "sqlite://"},
+        SESSIONEXT_BROADCAST=True,
+    )
+    db = SessionExt(app)
+    with app.app_context():
+        assert db.get_engine("other").url.database is None
+        db.get_engine("other").dispose()
+        db.engine.dispose()
+
+
 def test_no_listener_while_nobody_receives(tmp_path: Path) -> None:
     """With broadcast on and no receiver, the publishing listeners are
     installed but no listener thread runs; with broadcast off, neither.
     """
-    on = make_app(
-        tmp_path, SESSIONEXT_DATABASE_URI="sqlite://", SESSIONEXT_BROADCAST=True
-    )
-    off = make_app(tmp_path, SESSIONEXT_DATABASE_URI="sqlite://")
+    url = f"sqlite:///{tmp_path / 'app.sqlite3'}"
+    on = make_app(tmp_path, SESSIONEXT_DATABASE_URI=url, SESSIONEXT_BROADCAST=True)
+    off = make_app(tmp_path, SESSIONEXT_DATABASE_URI=url)
     SessionExt(on)
     SessionExt(off)
     runtime_on = on.extensions["sessionext"]
@@ -263,7 +318,7 @@ def test_no_listener_while_nobody_receives(tmp_path: Path) -> None:
     assert not [
         thread
         for thread in threading.enumerate()
-        if thread.name.startswith("sessionext-broadcast sqlite://")
+        if thread.name.startswith(f"sessionext-broadcast {url}")
     ]
 
 

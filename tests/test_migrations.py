@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -19,8 +21,8 @@ from models import AuditBase, Base, OtherBase
 METADATAS = [Base.metadata, OtherBase.metadata, AuditBase.metadata]
 
 
-@pytest.fixture
-def migrated(app: Flask, tmp_path: Path) -> Iterator[SessionExt]:
+@contextmanager
+def _migrations(app: Flask, tmp_path: Path) -> Iterator[SessionExt]:
     """The extension with every test model's metadata and Flask-Migrate on
     ``app``; the tables and Alembic's version table dropped afterwards.
     """
@@ -48,6 +50,30 @@ def migrated(app: Flask, tmp_path: Path) -> Iterator[SessionExt]:
     logging.root.setLevel(level)
 
 
+@pytest.fixture
+def migrated(app: Flask, tmp_path: Path) -> Iterator[SessionExt]:
+    """:func:`_migrations` with broadcast off."""
+    with _migrations(app, tmp_path) as db:
+        yield db
+
+
+@pytest.fixture(params=[None, "other"])
+def outbox_bind(request: pytest.FixtureRequest) -> str | None:
+    """The bind of the outbox, ``SESSIONEXT_BROADCAST``'s ``bind`` setting."""
+    bind: str | None = request.param
+    return bind
+
+
+@pytest.fixture
+def broadcast_migrated(
+    app: Flask, tmp_path: Path, outbox_bind: str | None
+) -> Iterator[SessionExt]:
+    """:func:`_migrations` with broadcast on, its outbox in ``outbox_bind``."""
+    app.config["SESSIONEXT_BROADCAST"] = {"bind": outbox_bind}
+    with _migrations(app, tmp_path) as db:
+        yield db
+
+
 def _flask(app: Flask, *args: str) -> str:
     """Run ``flask ARGS`` on ``app`` and return its output, failing on an error."""
     result = app.test_cli_runner().invoke(args=list(args))
@@ -67,6 +93,15 @@ def _script(tmp_path: Path) -> str:
     return script.read_text()
 
 
+#: The names of the outbox tables.
+OUTBOX_TABLES = set(SessionExt.outbox_metadata.tables)
+
+
+def _created(script: str) -> set[str]:
+    """The names of the tables that a migration script creates."""
+    return set(re.findall(r"op\.create_table\('(\w+)'", script))
+
+
 def test_single_database(app: Flask, migrated: SessionExt, tmp_path: Path) -> None:
     """``db init``, ``migrate`` and ``upgrade`` create the default bind's tables."""
     _flask(app, "db", "init")
@@ -74,6 +109,7 @@ def test_single_database(app: Flask, migrated: SessionExt, tmp_path: Path) -> No
     script = _script(tmp_path)
     assert "op.create_table('users'" in script
     assert "'entries'" not in script
+    assert not _created(script) & OUTBOX_TABLES
     assert "users" not in _tables(app, migrated, None)
     _flask(app, "db", "upgrade")
     assert {"users", "alembic_version"} <= _tables(app, migrated, None)
@@ -89,11 +125,93 @@ def test_multidb(app: Flask, migrated: SessionExt, tmp_path: Path) -> None:
     assert "op.create_table('entries'" in other
     assert "op.create_table('items'" in other
     assert "'entries'" not in default
+    assert not _created(script) & OUTBOX_TABLES
     _flask(app, "db", "upgrade")
     assert "entries" not in _tables(app, migrated, None)
     assert "users" in _tables(app, migrated, None)
     assert {"entries", "items"} <= _tables(app, migrated, "other")
     assert "users" not in _tables(app, migrated, "other")
+
+
+def _migrate_again(app: Flask, tmp_path: Path) -> None:
+    """A second ``db migrate`` finds no change and writes no script."""
+    _flask(app, "db", "migrate", "-m", "again")
+    assert len(list((tmp_path / "migrations" / "versions").glob("*.py"))) == 1
+
+
+def _autoincrement(app: Flask, db: SessionExt, key: str | None) -> None:
+    """On SQLite, the outbox table of bind ``key`` never reuses ids."""
+    with app.app_context(), db.get_engine(key).connect() as conn:
+        if conn.dialect.name == "sqlite":
+            sql = conn.scalar(
+                sa.text(
+                    "SELECT sql FROM sqlite_master WHERE name = 'sessionext_outbox'"
+                )
+            )
+            assert "AUTOINCREMENT" in sql
+
+
+@pytest.mark.parametrize("outbox_bind", [None], indirect=True)
+def test_single_database_broadcast(
+    app: Flask, broadcast_migrated: SessionExt, tmp_path: Path
+) -> None:
+    """With broadcast on, the stock template creates the outbox tables once,
+    then finds no change.
+    """
+    _flask(app, "db", "init")
+    _flask(app, "db", "migrate", "-m", "users and outbox")
+    script = _script(tmp_path)
+    assert _created(script) == {"users", *OUTBOX_TABLES}
+    assert "sqlite_autoincrement=True" in script
+    assert "drop_table" not in script.split("def downgrade")[0]
+    _flask(app, "db", "upgrade")
+    assert {"users", "alembic_version", *OUTBOX_TABLES} <= _tables(
+        app, broadcast_migrated, None
+    )
+    _autoincrement(app, broadcast_migrated, None)
+    _migrate_again(app, tmp_path)
+
+
+def test_multidb_broadcast(
+    app: Flask,
+    broadcast_migrated: SessionExt,
+    tmp_path: Path,
+    outbox_bind: str | None,
+) -> None:
+    """With broadcast on, the stock ``--multidb`` template creates the outbox
+    tables once, in the outbox bind only, then finds no change.
+    """
+    _flask(app, "db", "init", "--multidb")
+    _flask(app, "db", "migrate", "-m", "all")
+    script = _script(tmp_path)
+    default, other = script.split("def upgrade_other():")
+    outbox, elsewhere = (default, other) if outbox_bind is None else (other, default)
+    assert _created(outbox) >= OUTBOX_TABLES
+    assert not _created(elsewhere) & OUTBOX_TABLES
+    assert _created(default) == {"users", *(OUTBOX_TABLES if outbox is default else ())}
+    upgrades = [part.split("def downgrade")[0] for part in script.split("def upgrade")]
+    assert not any("drop_table" in part for part in upgrades)
+    _flask(app, "db", "upgrade")
+    assert _tables(app, broadcast_migrated, outbox_bind) >= OUTBOX_TABLES
+    other_bind = "other" if outbox_bind is None else None
+    assert not OUTBOX_TABLES & _tables(app, broadcast_migrated, other_bind)
+    _autoincrement(app, broadcast_migrated, outbox_bind)
+    _migrate_again(app, tmp_path)
+
+
+@pytest.mark.parametrize("outbox_bind", [None], indirect=True)
+def test_existing_outbox_is_kept(
+    app: Flask, broadcast_migrated: SessionExt, tmp_path: Path
+) -> None:
+    """An outbox made by ``create-outbox`` before the first migration is
+    neither created again nor dropped by autogenerate.
+    """
+    _flask(app, "sessionext", "create-outbox")
+    _flask(app, "db", "init")
+    _flask(app, "db", "migrate", "-m", "users")
+    script = _script(tmp_path)
+    assert _created(script) == {"users"}
+    assert "sessionext_outbox" not in script
 
 
 class SplitBase(DeclarativeBase):
@@ -221,4 +339,184 @@ def test_create_all_and_drop_all(app: Flask) -> None:
         for engine in db.engines.values():
             names = set(sa.inspect(engine).get_table_names())
             assert not names & {"notes", "tags"}
+            engine.dispose()
+
+
+def _broadcast_app(tmp_path: Path, bind: str | None = None) -> Flask:
+    """An app on SQLite files with broadcast on, its outbox in ``bind``."""
+    app = Flask(__name__, instance_path=str(tmp_path / "instance"))
+    app.config.update(
+        SESSIONEXT_DATABASE_URI=f"sqlite:///{tmp_path / 'default.sqlite3'}",
+        SESSIONEXT_BINDS={"other": f"sqlite:///{tmp_path / 'other.sqlite3'}"},
+        SESSIONEXT_BROADCAST={"bind": bind},
+    )
+    return app
+
+
+@pytest.mark.parametrize("bind", [None, "other"])
+def test_metadatas_hold_the_outbox(tmp_path: Path, bind: str | None) -> None:
+    """With broadcast on, the outbox bind's MetaData holds its tables and the
+    outbox tables, in a new MetaData; the given ones are left as they are.
+    """
+    app = _broadcast_app(tmp_path, bind)
+    db = SessionExt(app, metadata=METADATAS)
+    before = {metadata: set(metadata.tables) for metadata in METADATAS}
+    with app.app_context():
+        metadatas = db.metadatas
+        assert set(metadatas[None].tables) == {
+            "users",
+            *(OUTBOX_TABLES if bind is None else ()),
+        }
+        assert set(metadatas["other"].tables) == {
+            "items",
+            "entries",
+            *(OUTBOX_TABLES if bind == "other" else ()),
+        }
+        assert metadatas[bind] not in (*METADATAS, SessionExt.outbox_metadata)
+        assert (db.metadata is Base.metadata) is (bind == "other")
+    assert {metadata: set(metadata.tables) for metadata in METADATAS} == before
+    assert all(
+        table.metadata is SessionExt.outbox_metadata
+        for table in SessionExt.outbox_metadata.tables.values()
+    )
+
+
+def test_outbox_alone_in_its_bind(tmp_path: Path) -> None:
+    """An outbox bind with no table of the app's holds the outbox tables as
+    they are.
+    """
+    app = _broadcast_app(tmp_path, "other")
+    db = SessionExt(app, metadata=Base.metadata)
+    with app.app_context():
+        assert db.metadatas["other"] is SessionExt.outbox_metadata
+        assert db.metadata is Base.metadata
+
+
+def test_outbox_metadata_given_too(tmp_path: Path) -> None:
+    """``outbox_metadata`` given in ``metadata=`` goes to the outbox bind,
+    once.
+    """
+    app = _broadcast_app(tmp_path, "other")
+    db = SessionExt(app, metadata=[Base.metadata, SessionExt.outbox_metadata])
+    with app.app_context():
+        assert set(db.metadata.tables) == {"users"}
+        assert set(db.metadatas["other"].tables) == OUTBOX_TABLES
+
+
+def test_copies_keep_the_naming_convention(tmp_path: Path) -> None:
+    """The copies follow the naming convention of the app's MetaData, and
+    the outbox tables keep the names of their own indexes and constraints.
+    """
+    metadata = sa.MetaData(naming_convention={"ix": "%(column_0_label)s_idx"})
+    sa.Table(
+        "tasks",
+        metadata,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("title", sa.String(20), index=True),
+    )
+    app = _broadcast_app(tmp_path)
+    db = SessionExt(app, metadata=metadata)
+    with app.app_context():
+        view = db.metadata
+    assert view is not metadata
+    assert view.naming_convention == metadata.naming_convention
+    assert {index.name for index in view.tables["tasks"].indexes} == {"tasks_title_idx"}
+    for table in SessionExt.outbox_metadata.tables.values():
+        assert _names(view.tables[table.key]) == _names(table)
+
+
+def _names(table: sa.Table) -> set[object]:
+    """The names of the indexes and constraints of ``table``."""
+    names: set[object] = {index.name for index in table.indexes}
+    return names | {constraint.name for constraint in table.constraints}
+
+
+def test_outbox_tables_are_named_explicitly() -> None:
+    """The indexes and constraints of every outbox table keep their names
+    under a naming convention (primary keys aside, which Alembic does not
+    compare).
+    """
+    target = sa.MetaData(
+        naming_convention={
+            "ix": "i_%(column_0_label)s",
+            "uq": "u_%(table_name)s_%(column_0_name)s",
+            "ck": "c_%(table_name)s_%(constraint_name)s",
+            "fk": "f_%(table_name)s_%(column_0_name)s",
+        }
+    )
+    for table in SessionExt.outbox_metadata.sorted_tables:
+        assert _names(table.to_metadata(target)) == _names(table)
+
+
+def test_table_named_like_the_outbox(tmp_path: Path) -> None:
+    """A table of the app with the name of an outbox table in the outbox
+    bind is a ValueError naming it.
+    """
+    metadata = sa.MetaData()
+    sa.Table(
+        "sessionext_outbox", metadata, sa.Column("id", sa.Integer, primary_key=True)
+    )
+    app = _broadcast_app(tmp_path)
+    db = SessionExt(app, metadata=metadata)
+    with (
+        app.app_context(),
+        pytest.raises(
+            ValueError,
+            match=r"table 'sessionext_outbox' of the default bind has the name of a"
+            r" table that the 'broadcast' feature",
+        ),
+    ):
+        dict(db.metadatas)
+
+
+def test_two_tables_of_one_name_in_a_bind(tmp_path: Path) -> None:
+    """Two given tables of one name in one bind are a ValueError naming it."""
+    first, second = sa.MetaData(), sa.MetaData()
+    for metadata in (first, second):
+        sa.Table("twice", metadata, sa.Column("id", sa.Integer, primary_key=True))
+    app = _broadcast_app(tmp_path, "other")
+    db = SessionExt(app, metadata=[first, second])
+    with (
+        app.app_context(),
+        pytest.raises(
+            ValueError,
+            match=r"Two tables of 'metadata' named 'twice' go to the default",
+        ),
+    ):
+        dict(db.metadatas)
+
+
+def test_create_all_creates_the_outbox(app: Flask) -> None:
+    """With broadcast on, ``create_all()`` and ``create-all`` create the
+    outbox tables in the outbox bind, ``create-outbox`` then finds them, and
+    ``drop_all()`` drops them.
+    """
+    app.config["SESSIONEXT_BROADCAST"] = {"bind": "other"}
+    db = SessionExt(app, metadata=METADATAS)
+    runner = app.test_cli_runner()
+    with app.app_context():
+        try:
+            db.create_all()
+            assert _tables(app, db, "other") >= OUTBOX_TABLES
+            assert not OUTBOX_TABLES & _tables(app, db, None)
+            created = {
+                table for metadata in db.metadatas.values() for table in metadata.tables
+            }
+            assert created <= _tables(app, db, None) | _tables(app, db, "other")
+            result = runner.invoke(args=["sessionext", "create-outbox"])
+            assert "The outbox tables 'sessionext_outbox' and" in result.output
+        finally:
+            db.drop_all()
+        assert not OUTBOX_TABLES & _tables(app, db, "other")
+        result = runner.invoke(args=["sessionext", "create-all"])
+        count = 2 + len(OUTBOX_TABLES)
+        assert f"Created {count} table(s) in bind 'other' (0 already existed)." in (
+            result.output
+        )
+        assert "Created 1 table(s) in the default bind" in result.output
+        result = runner.invoke(args=["sessionext", "drop-all", "--yes"])
+        assert f"Dropped {count} table(s) from bind 'other' (0 did not exist)." in (
+            result.output
+        )
+        for engine in db.engines.values():
             engine.dispose()

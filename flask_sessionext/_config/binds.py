@@ -205,7 +205,7 @@ def _bind(app: Flask, raw: _RawBind, ping_after_idle: float) -> BindSettings:
     pragma_origin = origins.pop(PRAGMAS_OPTION, ENGINE_ARGUMENT)
     pragmas: Mapping[str, str] = MappingProxyType({})
     if url.get_backend_name() == "sqlite":
-        file = not _is_memory(url)
+        file = not is_memory(url)
         url = _sqlite_defaults(app, url, options)
         pragmas = read_pragmas(pragma_origin, pragma_option, file=file)
     elif not liveness:
@@ -223,10 +223,17 @@ def _bind(app: Flask, raw: _RawBind, ping_after_idle: float) -> BindSettings:
     )
 
 
-def _is_memory(url: URL) -> bool:
-    """Whether the SQLite ``url`` names an in-memory database."""
+def is_memory(url: URL) -> bool:
+    """Whether the SQLite ``url`` names an in-memory database: ``sqlite://``,
+    ``sqlite:///:memory:``, or a URI filename ``file::memory:`` or with
+    ``mode=memory``.
+    """
     database = url.database
-    return database in (None, "", ":memory:") or url.query.get("mode") == "memory"
+    return (
+        database in (None, "", ":memory:")
+        or (database or "").startswith("file::memory:")
+        or url.query.get("mode") == "memory"
+    )
 
 
 def _sqlite_defaults(app: Flask, url: URL, options: dict[str, t.Any]) -> URL:
@@ -234,7 +241,7 @@ def _sqlite_defaults(app: Flask, url: URL, options: dict[str, t.Any]) -> URL:
     relative path under ``app.instance_path``.
     """
     database = url.database
-    if database is None or _is_memory(url):
+    if database is None or is_memory(url):
         # One connection, so every thread sees the same database, checked
         # out by one session at a time: a transaction on it is shared by all
         # its users, so another thread's commit would commit this one's work.

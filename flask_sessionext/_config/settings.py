@@ -18,12 +18,13 @@ import re
 import typing as t
 from collections.abc import Mapping
 from types import MappingProxyType
+from urllib.parse import unquote
 
 import sqlalchemy as sa
 import sqlalchemy.orm as orm
 from flask import Flask
 
-from .binds import BindSettings, merge_options, read_binds
+from .binds import BindSettings, is_memory, merge_options, read_binds
 from .keys import check_keys
 from .passwords import describe, quote
 from .refused_options import check_session_options
@@ -312,6 +313,7 @@ def _broadcast(
     keep = _seconds(
         f"{key}['keep']", merged["keep"], "a number of seconds of at least 0"
     )
+    _check_shared(binds[bind])
     return BroadcastSettings(
         channel=channel,
         models=models,
@@ -323,6 +325,24 @@ def _broadcast(
             dict(binds[bind].options.get("connect_args") or {})
         ),
     )
+
+
+def _check_shared(bind: BindSettings) -> None:
+    """Refuse an outbox bind that no other process can open.
+
+    :raise ValueError: it is an in-memory SQLite database.
+    """
+    if bind.url.get_backend_name() == "sqlite" and is_memory(bind.url):
+        name = "the default bind" if bind.key is None else f"bind {bind.key!r}"
+        # Its password hidden; ":memory:" reads better unquoted.
+        url = unquote(bind.url.render_as_string())
+        raise ValueError(
+            f"'{_BROADCAST_KEY}' cannot publish through {name} ('{bind.where}' is"
+            f" {url!r}): an in-memory SQLite database is one process's, so no"
+            " other process would receive anything. Use a SQLite file such as"
+            " 'sqlite:///app.sqlite3', or a server database, for that bind or"
+            " for the 'bind' setting."
+        )
 
 
 def _broadcast_models(value: object) -> tuple[frozenset[type] | None, frozenset[str]]:

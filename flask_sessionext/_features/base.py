@@ -144,6 +144,14 @@ class Feature:
         every sender). Never called while one of its events dispatches.
         """
 
+    def tables(self) -> tuple[tuple[str | None, sa.MetaData], ...]:
+        """The tables the feature needs in the app's databases, as ``(bind
+        key, MetaData)`` pairs: :attr:`SessionExt.metadatas` adds them to the
+        bind's, for Flask-Migrate, and :meth:`SessionExt.create_all` creates
+        them.
+        """
+        return ()
+
     def may_raise(self) -> bool:
         """Whether a receiver of its signals may raise now, so that the
         session operations of :attr:`raises_after` must collect its errors.

@@ -33,6 +33,7 @@ from .outbox import (
     SQLITE_PUBLISH,
     is_missing_table,
     missing_table,
+    outbox_metadata,
     prune,
     utcnow,
 )
@@ -198,6 +199,10 @@ class Broadcast(Feature):
     def listener(self) -> _outbox_listener.OutboxListener | None:
         """The listener of this process, while the app receives."""
         return self._listeners_by_pid.get(os.getpid())
+
+    def tables(self) -> tuple[tuple[str | None, sa.MetaData], ...]:
+        """The outbox tables, in the outbox bind."""
+        return ((self.settings.bind, outbox_metadata),)
 
     def start(self, app: Flask) -> None:
         """Install the publishing listeners."""

@@ -51,12 +51,16 @@ outbox_table = sa.Table(
     sa.Column("channel", sa.String(63), nullable=False),
     # Naive UTC, on the publishing process's clock: compared as such when
     # pruning and when a listener starts.
-    sa.Column("created_at", sa.DateTime(), nullable=False, index=True),
+    sa.Column("created_at", sa.DateTime(), nullable=False),
     sa.Column("payload", sa.Text(), nullable=False),
     # PostgreSQL: the writing transaction's id (pg_current_xact_id()).
     sa.Column("txid", sa.BigInteger(), nullable=True),
     # SQLite: the id of the channel's row before this one.
     sa.Column("previous_id", _BIGINT, nullable=True),
+    # Named here, as every index and constraint of the outbox tables: copied
+    # next to the app's tables for Alembic (see SessionExt.metadatas), a name
+    # left to a naming convention would follow the app's.
+    sa.Index(f"ix_{OUTBOX}_created_at", "created_at"),
     sa.Index(f"ix_{OUTBOX}_channel_txid", "channel", "txid"),
     # Ids are never reused, also once every row was pruned: a listener that
     # read up to an id would otherwise skip the new rows under it.

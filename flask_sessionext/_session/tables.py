@@ -75,7 +75,7 @@ def split_by_bind(
     the session routes it. A source MetaData whose tables all go to one bind,
     and that is the only one for it, is used as it is; otherwise the tables
     are copied with :meth:`~sqlalchemy.schema.Table.to_metadata` into a new
-    MetaData for that bind.
+    MetaData for that bind, with the naming convention of the first source.
 
     :raise KeyError: a table names a bind that is not configured.
     :raise ValueError: a foreign key refers to a table of another bind.
@@ -107,28 +107,105 @@ def split_by_bind(
         if len(sources_of_key) == 1 and len(tables) == len(sources_of_key[0].tables):
             result[key] = sources_of_key[0]
             continue
-        target = sa.MetaData(info={"bind_key": key} if key else {})
-        for table in tables:
-            table.to_metadata(target)
-        result[key] = target
+        result[key] = _copy(
+            tables, sources_of_key, {"bind_key": key} if key else {}, key
+        )
     return MappingProxyType(result)
 
 
-def create_all(
+def add_feature_tables(
     metadatas: Mapping[str | None, sa.MetaData],
+    features: Mapping[sa.MetaData, tuple[str | None, str]],
+) -> Mapping[str | None, sa.MetaData]:
+    """``metadatas`` with the tables that the app's features need in each
+    bind, for tools that read one ``MetaData`` per bind (Alembic through
+    Flask-Migrate's ``env.py``).
+
+    The tables of a bind and those of its features are copied into one new
+    ``MetaData``, with the naming convention of the bind's, so that the given
+    ones stay as they are; a feature's ``MetaData`` alone in its bind is used
+    as it is.
+
+    :param features: each feature's ``MetaData``, and its bind key and the
+        feature's name.
+    :raise ValueError: a table has the name of a table of a feature in its
+        bind.
+    """
+    result = dict(metadatas)
+    for extra, (key, feature) in features.items():
+        own = result[key]
+        if not own.tables:
+            result[key] = extra
+            continue
+        clash = sorted(own.tables.keys() & extra.tables.keys())
+        if clash:
+            raise ValueError(
+                f"The table {clash[0]!r} of {_label(key)} has the name of a table"
+                f" that the {feature!r} feature of the extension needs there."
+                " Rename your table, or give the feature another bind."
+            )
+        tables = [*own.sorted_tables, *extra.sorted_tables]
+        result[key] = _copy(tables, [own], own.info, key)
+    return MappingProxyType(result)
+
+
+def _label(key: str | None) -> str:
+    return "the default bind" if key is None else f"bind {key!r}"
+
+
+def _copy(
+    tables: Iterable[sa.Table],
+    sources: Sequence[sa.MetaData],
+    info: Mapping[str, object],
+    key: str | None,
+) -> sa.MetaData:
+    """A new MetaData with copies of ``tables``, named by the naming
+    convention of the first of ``sources``: a column's ``index=True`` and
+    ``unique=True`` are named again in the copy, as in the original.
+
+    :raise ValueError: two of ``tables`` have one name.
+    """
+    convention = sources[0].naming_convention if sources else None
+    target = sa.MetaData(naming_convention=convention, info=dict(info))
+    for table in tables:
+        if table.key in target.tables:
+            raise ValueError(
+                f"Two tables of 'metadata' named {table.key!r} go to"
+                f" {_label(key)}. Rename one, or give them different binds."
+            )
+        table.to_metadata(target)
+    return target
+
+
+def with_features(
+    metadatas: Mapping[str | None, sa.MetaData],
+    features: Mapping[sa.MetaData, tuple[str | None, str]],
+) -> dict[str | None, list[sa.MetaData]]:
+    """The ``MetaData`` of each bind that has tables, then those of the
+    features in that bind, as :func:`create_all` and :func:`drop_all` take
+    them: each is created as it is, with its own DDL events.
+    """
+    result = {key: [metadata] for key, metadata in metadatas.items() if metadata.tables}
+    for extra, (key, _) in features.items():
+        result.setdefault(key, []).append(extra)
+    return result
+
+
+def create_all(
+    schema: Mapping[str | None, Sequence[sa.MetaData]],
     engines: Mapping[str | None, sa.Engine],
 ) -> None:
-    """Create the missing tables of every bind that has tables."""
-    for key, metadata in metadatas.items():
-        if metadata.tables:
+    """Create the missing tables of every bind (see :func:`with_features`)."""
+    for key, metadatas in schema.items():
+        for metadata in metadatas:
             metadata.create_all(engines[key])
 
 
 def drop_all(
-    metadatas: Mapping[str | None, sa.MetaData],
+    schema: Mapping[str | None, Sequence[sa.MetaData]],
     engines: Mapping[str | None, sa.Engine],
 ) -> None:
-    """Drop the existing tables of every bind that has tables."""
-    for key, metadata in metadatas.items():
-        if metadata.tables:
+    """Drop the existing tables of every bind (see :func:`with_features`)."""
+    for key, metadatas in schema.items():
+        for metadata in reversed(metadatas):
             metadata.drop_all(engines[key])
