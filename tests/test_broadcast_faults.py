@@ -1,0 +1,372 @@
+"""``SESSIONEXT_BROADCAST`` under pressure: no lock between publishers (a
+stalled one, a deferred foreign key), ``publications_lost`` instead of silence
+(pruned past a stopped listener, a re-created outbox, an unreadable row), a
+forked child that receives from the fork, and a listener that connects as the
+pool does (``creator``, ``do_connect``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import typing as t
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+import sqlalchemy as sa
+from flask import Flask
+from test_broadcast import Received, outbox_rows, the_listener, wait_for
+from test_broadcast import broadcast_app as broadcast_app
+
+from flask_sessionext import CommittedChange, SessionExt, signals
+from flask_sessionext._features.outbox import (
+    outbox_metadata,
+    outbox_table,
+    prune,
+    utcnow,
+)
+from flask_sessionext.signals import models_committed_anywhere, publications_lost
+
+from models import User
+
+
+@pytest.fixture
+def lost(broadcast_app: tuple[Flask, SessionExt]) -> Iterator[list[str]]:
+    """The reasons ``publications_lost`` sent to the broadcast app."""
+    app, _ = broadcast_app
+    reasons: list[str] = []
+
+    def receiver(sender: Flask, reason: str) -> None:
+        reasons.append(reason)
+
+    with publications_lost.connected_to(receiver, app):
+        yield reasons
+
+
+@pytest.fixture
+def received(broadcast_app: tuple[Flask, SessionExt]) -> Iterator[list[Received]]:
+    """What ``models_committed_anywhere`` sends to the broadcast app, once
+    its listener is up to date.
+    """
+    app, _ = broadcast_app
+    got: list[Received] = []
+
+    def receiver(
+        sender: Flask, changes: list[CommittedChange], local: bool, sequence: int
+    ) -> None:
+        got.append((sequence, local, changes))
+
+    with models_committed_anywhere.connected_to(receiver, app):
+        the_listener(app)
+        yield got
+
+
+def add_user(app: Flask, db: SessionExt, name: str) -> None:
+    """Commit a new user through ``db.session``."""
+    with app.app_context():
+        db.session.add(User(name=name))
+        db.session.commit()
+
+
+def age_outbox(app: Flask, seconds: float) -> None:
+    """Make every outbox row and tick ``seconds`` older."""
+    engine = app.extensions["sessionext"].engines[None]
+    with engine.begin() as conn:
+        for table in outbox_metadata.sorted_tables:
+            if engine.dialect.name == "postgresql":
+                older = table.c.created_at - timedelta(seconds=seconds)
+            else:
+                older = sa.func.strftime(
+                    "%Y-%m-%d %H:%M:%f", table.c.created_at, f"-{int(seconds)} seconds"
+                )
+            conn.execute(table.update().values(created_at=older))
+
+
+def user_names(app: Flask, db: SessionExt, received: list[Received]) -> list[str]:
+    """The names of the users whose changes were received, in order."""
+    with app.app_context():
+        by_id = {user.id: user.name for user in db.session.scalars(sa.select(User))}
+    return [by_id.get(changes[0].primary_key[0], "?") for _, _, changes in received]
+
+
+# No lock between publishers
+
+
+def test_a_stalled_publisher_does_not_stop_the_others(
+    broadcast_app: tuple[Flask, SessionExt], received: list[Received]
+) -> None:
+    """While one publisher waits 1.5 s between publishing and its COMMIT,
+    another commits over and over; both publications arrive.
+    """
+    app, db = broadcast_app
+    if app.extensions["sessionext"].engines[None].dialect.name != "postgresql":
+        pytest.skip("SQLite runs one writing transaction at a time")
+    stalled = threading.Event()
+
+    def hold(sender: Flask, **kwargs: t.Any) -> None:
+        if threading.current_thread().name == "stalled":
+            stalled.set()
+            time.sleep(1.5)
+
+    def stall() -> None:
+        add_user(app, db, "stalled")
+
+    with signals.commit.connected_to(hold, app):
+        thread = threading.Thread(target=stall, name="stalled")
+        thread.start()
+        assert stalled.wait(5)
+        commits = 0
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            add_user(app, db, f"other {commits}")
+            commits += 1
+        assert thread.is_alive(), "the stalled publisher has not committed yet"
+        thread.join()
+    assert commits >= 10
+    wait_for(lambda: len(received) == commits + 1)
+
+
+def test_no_deadlock_with_a_deferred_foreign_key(
+    broadcast_app: tuple[Flask, SessionExt], received: list[Received]
+) -> None:
+    """T2 holds a parent row FOR UPDATE; T1 inserts a child whose deferred
+    foreign key waits at COMMIT for that row; T2 then publishes and commits:
+    both commit, as they would without broadcast.
+    """
+    app, db = broadcast_app
+    engine = app.extensions["sessionext"].engines[None]
+    if engine.dialect.name != "postgresql":
+        pytest.skip("deferrable foreign keys that wait: PostgreSQL")
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "CREATE TABLE child (id serial PRIMARY KEY, user_id int REFERENCES"
+            " users (id) DEFERRABLE INITIALLY DEFERRED)"
+        )
+    try:
+        add_user(app, db, "parent")
+        errors: list[BaseException] = []
+        with app.app_context():
+            parent = db.session.scalars(sa.select(User).with_for_update()).one()
+
+            def insert_child() -> None:
+                try:
+                    with engine.begin() as conn:
+                        conn.exec_driver_sql(
+                            "INSERT INTO child (user_id) VALUES (%s)", (parent.id,)
+                        )
+                        with app.app_context():
+                            db.session.add(User(name="sibling"))
+                            db.session.commit()
+                except BaseException as e:  # recorded for the assertion
+                    errors.append(e)
+
+            child = threading.Thread(target=insert_child)
+            child.start()
+            time.sleep(0.5)  # T1 waits at its COMMIT for the parent row
+            parent.name = "parent, renamed"
+            db.session.commit()
+        child.join(10)
+        assert not child.is_alive()
+        assert errors == []
+        wait_for(lambda: len(received) >= 2)
+    finally:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("DROP TABLE child")
+
+
+# No silent loss
+
+
+def test_pruned_past_a_stopped_listener(
+    broadcast_app: tuple[Flask, SessionExt], received: list[Received], lost: list[str]
+) -> None:
+    """A listener held in a receiver while its rows (and ticks) are pruned
+    away sends ``publications_lost`` once, then delivers what comes next.
+    """
+    app, db = broadcast_app
+    entered, release = threading.Event(), threading.Event()
+
+    def stuck(sender: Flask, **kwargs: t.Any) -> None:
+        entered.set()
+        release.wait(10)
+
+    with models_committed_anywhere.connected_to(stuck, app):
+        add_user(app, db, "first")
+        assert entered.wait(10)
+        for name in ("gone 1", "gone 2"):
+            add_user(app, db, name)
+        age_outbox(app, 7200)
+        settings = app.extensions["sessionext"].settings.broadcast
+        engine = app.extensions["sessionext"].engines[None]
+        with engine.begin() as conn:
+            prune(conn, settings.channel, settings.keep)
+        release.set()
+        wait_for(lambda: lost == ["pruned"])
+    add_user(app, db, "after")
+    wait_for(lambda: "after" in user_names(app, db, received))
+    assert lost == ["pruned"]
+    assert "gone 1" not in user_names(app, db, received)
+
+
+def test_recreated_outbox(
+    broadcast_app: tuple[Flask, SessionExt], received: list[Received], lost: list[str]
+) -> None:
+    """Dropping and creating the outbox tables again is told once as
+    ``publications_lost``, and the publications after it arrive.
+    """
+    app, db = broadcast_app
+    engine = app.extensions["sessionext"].engines[None]
+    for name in ("a", "b", "c", "d", "e"):
+        add_user(app, db, name)
+    wait_for(lambda: len(received) == 5)
+    outbox_metadata.drop_all(engine)
+    outbox_metadata.create_all(engine)
+    add_user(app, db, "new 1")
+    wait_for(lambda: lost == ["outbox re-created"])
+    add_user(app, db, "new 2")
+    wait_for(lambda: "new 2" in user_names(app, db, received))
+    assert lost == ["outbox re-created"]
+
+
+def test_unreadable_row_is_a_loss(
+    broadcast_app: tuple[Flask, SessionExt], received: list[Received], lost: list[str]
+) -> None:
+    """A row whose payload does not decode is skipped with
+    ``publications_lost``; the next ones arrive.
+    """
+    app, db = broadcast_app
+    engine = app.extensions["sessionext"].engines[None]
+    with engine.begin() as conn:
+        txid = (
+            conn.exec_driver_sql("SELECT pg_current_xact_id()::text::bigint").scalar()
+            if engine.dialect.name == "postgresql"
+            else None
+        )
+        conn.execute(
+            outbox_table.insert().values(
+                channel="sessionext", created_at=utcnow(), payload="{", txid=txid
+            )
+        )
+    add_user(app, db, "after")
+    wait_for(lambda: "after" in user_names(app, db, received))
+    assert lost == ["unreadable publication"]
+
+
+# Every worker from its first moment
+
+
+def test_forked_child_receives_from_the_fork(
+    broadcast_app: tuple[Flask, SessionExt], received: list[Received]
+) -> None:
+    """A child forked while the parent receives gets a change committed
+    after the fork and before the child's first app context.
+    """
+    app, db = broadcast_app
+    add_user(app, db, "before")
+    wait_for(lambda: len(received) == 1)
+    read, write = os.pipe()
+    go_read, go_write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        status = 1
+        try:
+            os.close(read)
+            os.read(go_read, 1)  # the parent committed
+            got: list[list[t.Any]] = []
+
+            def child_receiver(sender: Flask, changes: t.Any, **kw: t.Any) -> None:
+                got.append([c.primary_key[0] for c in changes])
+
+            with models_committed_anywhere.connected_to(child_receiver, app):
+                with app.app_context():  # the child's first
+                    pass
+                deadline = time.monotonic() + 10
+                while not got and time.monotonic() < deadline:
+                    time.sleep(0.02)
+            os.write(write, json.dumps(got).encode())
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(write)
+    add_user(app, db, "after the fork")
+    os.write(go_write, b"!")
+    data = b""
+    while chunk := os.read(read, 4096):
+        data += chunk
+    _, status = os.waitpid(pid, 0)
+    assert status == 0
+    with app.app_context():
+        after = db.session.scalars(
+            sa.select(User.id).where(User.name == "after the fork")
+        ).one()
+    assert json.loads(data) == [[after]]
+
+
+# The listener connects as the pool does
+
+
+def test_listener_uses_creator(app: Flask, database: str) -> None:
+    """A bind whose connections come from a ``creator`` engine option, on a
+    URL without password, delivers: its listener connects through the pool.
+    """
+    if database != "postgresql":
+        pytest.skip("a server with a password")
+    url = sa.make_url(app.config["SESSIONEXT_DATABASE_URI"])
+    import psycopg
+
+    app.config["SESSIONEXT_DATABASE_URI"] = url.set(password=None)
+    app.config["SESSIONEXT_BROADCAST"] = {"poll_interval": 0.02}
+    app.config["SESSIONEXT_ENGINE_OPTIONS"] = {
+        "creator": lambda: psycopg.connect(
+            host=url.host,
+            port=url.port,
+            user=url.username,
+            password=url.password,
+            dbname=url.database,
+        )
+    }
+    db = SessionExt(app)
+    engine = app.extensions["sessionext"].engines[None]
+    User.metadata.create_all(engine)
+    outbox_metadata.create_all(engine)
+    got: list[int] = []
+
+    def receiver(sender: Flask, sequence: int, **kwargs: t.Any) -> None:
+        got.append(sequence)
+
+    try:
+        with models_committed_anywhere.connected_to(receiver, app):
+            the_listener(app)
+            add_user(app, db, "created")
+            wait_for(lambda: len(got) == 1)
+        assert got == [row_id for row_id, _ in outbox_rows(app)]
+    finally:
+        User.metadata.drop_all(engine)
+        outbox_metadata.drop_all(engine)
+        engine.dispose()
+
+
+def test_rows_carry_what_orders_them(
+    broadcast_app: tuple[Flask, SessionExt],
+) -> None:
+    """The outbox of a PostgreSQL bind holds each publication's transaction
+    id, which the ticks order by; SQLite's, the channel's previous row.
+    """
+    app, db = broadcast_app
+    add_user(app, db, "one")
+    add_user(app, db, "two")
+    engine = app.extensions["sessionext"].engines[None]
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(
+                outbox_table.c.id, outbox_table.c.txid, outbox_table.c.previous_id
+            ).order_by(outbox_table.c.id)
+        ).all()
+    if engine.dialect.name == "postgresql":
+        assert all(txid is not None for _, txid, _ in rows)
+        assert rows[0].txid != rows[1].txid
+    else:
+        assert [previous for _, _, previous in rows] == [None, rows[0].id]
