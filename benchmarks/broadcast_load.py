@@ -1,0 +1,438 @@
+"""Concurrent writers with ``SESSIONEXT_BROADCAST`` on and off: commits per
+second at 1, 4 and 16 writers, and what one publisher stalled before its
+COMMIT does to the commits of the others.
+
+Each writer is a process of its own, as the workers of a deployment are
+(threads would share one interpreter lock and measure it), holding two apps on
+the same database, one publishing and one not, so that a comparison switches
+between them in the same processes with their connections open. Rounds
+alternate on/off and off/on. A writer commits one-row transactions in a loop
+until the round's deadline. No process receives (no listener thread), so the
+figures are the cost of publishing to the committing deployment.
+
+The stall uses the public API only: a receiver of
+:data:`flask_sessionext.signals.commit`, which is sent after
+``before_commit`` (where broadcast publishes) and before the DBAPI commit,
+sleeps in one writer while the others commit.
+
+Part of :func:`.bench_broadcast.section` on PostgreSQL, on a server of its own
+that flushes every commit to disk (``fsync`` and ``synchronous_commit`` on).
+Alone: ``python -m benchmarks.broadcast_load [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import multiprocessing as mp
+import statistics
+import sys
+import time
+import traceback
+import typing as t
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+import sqlalchemy as sa
+from flask import Flask
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from flask_sessionext import SessionExt
+from flask_sessionext.signals import commit
+
+#: The numbers of concurrent writers of the throughput measure.
+WRITER_COUNTS = (1, 4, 16)
+#: The writers that commit while another one stalls.
+STALL_OTHERS = 4
+#: Broadcast on against off, commits per second, at least.
+TARGET_RATIO = 0.95
+#: Seconds from a command to its start, so that every writer has it by then.
+LEAD = 0.3
+#: Seconds the other writers commit before the stall begins, and after it ends.
+STALL_MARGIN = 0.3
+#: Seconds to wait for a writer's reply beyond its round, at most.
+REPLY_TIMEOUT = 120.0
+#: What the writers' fork server imports before it forks them.
+_PRELOAD = ["flask", "flask_sessionext", "psycopg", "sqlalchemy"]
+#: What the section of ``results.md`` measured, above its tables.
+METHOD = (
+    "Load (PostgreSQL with `fsync` and `synchronous_commit` on): writer"
+    " processes, each holding an app with broadcast on and one with it off on"
+    " the same database, commit one-row transactions in a loop for a fixed"
+    " time; rounds alternate on/off and off/on in the same processes; no"
+    " process receives. Commits per second are the medians over the rounds,"
+    " the ratio the median of the per-round ratios. Stall: one writer sleeps"
+    " in a receiver of `signals.commit` (after publishing, before the DBAPI"
+    f" commit) while {STALL_OTHERS} others commit; the commits they finish"
+    " during the sleep, and their slowest commit. The target: on >="
+    f" {TARGET_RATIO} x off."
+)
+
+
+class Base(DeclarativeBase):
+    """The load's table."""
+
+
+class Row(Base):
+    """One committed transaction of a writer."""
+
+    __tablename__ = "bench_broadcast_load"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    writer: Mapped[int]
+
+
+@dataclass(frozen=True)
+class Commit:
+    """Commit one-row transactions from ``start`` until ``end`` (monotonic
+    clock, which all processes share).
+    """
+
+    broadcast: bool
+    start: float
+    end: float
+
+
+@dataclass(frozen=True)
+class Stall:
+    """At ``start``, commit one transaction that waits ``seconds`` after
+    publishing, before its COMMIT.
+    """
+
+    broadcast: bool
+    start: float
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Committed:
+    """A writer's round: when each of its commits ended, and the longest one."""
+
+    ends: list[float]
+    slowest: float
+
+
+@dataclass(frozen=True)
+class Stalled:
+    """When the stalled transaction began and ended its wait."""
+
+    began: float
+    ended: float
+
+
+Command = Commit | Stall
+Reply = Committed | Stalled
+
+
+def make_app(url: str, broadcast: bool) -> tuple[Flask, SessionExt]:
+    """An app on ``url``, with broadcast on or off."""
+    app = Flask(__name__)
+    app.config.update(
+        SESSIONEXT_DATABASE_URI=url,
+        SESSIONEXT_RECORD_QUERIES=False,
+        SESSIONEXT_BROADCAST={"channel": "bench_load"} if broadcast else None,
+    )
+    return app, SessionExt(app)
+
+
+def fresh(url: str) -> None:
+    """Empty tables."""
+    engine = sa.create_engine(url)
+    for metadata in (Base.metadata, SessionExt.outbox_metadata):
+        metadata.drop_all(engine)
+        metadata.create_all(engine)
+    engine.dispose()
+
+
+def _sleep_until(at: float) -> None:
+    delay = at - time.monotonic()
+    if delay > 0:
+        time.sleep(delay)
+
+
+def _commit(app: Flask, db: SessionExt, writer: int, command: Commit) -> Committed:
+    """Commit one-row transactions during ``command``'s round."""
+    _sleep_until(command.start)
+    ends: list[float] = []
+    slowest = 0.0
+    with app.app_context():
+        while (began := time.monotonic()) < command.end:
+            db.session.add(Row(writer=writer))
+            db.session.commit()
+            ended = time.monotonic()
+            slowest = max(slowest, ended - began)
+            ends.append(ended)
+    return Committed(ends, slowest)
+
+
+def _stall(app: Flask, db: SessionExt, writer: int, command: Stall) -> Stalled:
+    """Commit one transaction that waits between publishing and COMMIT."""
+    waits: list[float] = []
+
+    def wait(sender: Flask, **kwargs: object) -> None:
+        waits.append(time.monotonic())
+        time.sleep(command.seconds)
+        waits.append(time.monotonic())
+
+    _sleep_until(command.start)
+    with commit.connected_to(wait, sender=app), app.app_context():
+        db.session.add(Row(writer=writer))
+        db.session.commit()
+    if len(waits) != 2:
+        raise RuntimeError(f"the commit signal was sent {len(waits) // 2} times")
+    return Stalled(*waits)
+
+
+def _writer(url: str, writer: int, pipe: Connection) -> None:
+    """A writer process: run the commands that come through ``pipe`` until
+    ``None``; reply to each, with the traceback when it failed.
+    """
+    try:
+        apps = {on: make_app(url, on) for on in (False, True)}
+        for app, db in apps.values():
+            # Connected and compiled before any round.
+            _commit(app, db, writer, Commit(False, 0.0, time.monotonic() + 0.05))
+    except Exception:
+        pipe.send(traceback.format_exc())
+        return
+    pipe.send("ready")
+    while (command := pipe.recv()) is not None:
+        try:
+            app, db = apps[command.broadcast]
+            reply: Reply | str = (
+                _stall(app, db, writer, command)
+                if isinstance(command, Stall)
+                else _commit(app, db, writer, command)
+            )
+        except Exception:
+            reply = traceback.format_exc()
+        pipe.send(reply)
+
+
+class Writers:
+    """``count`` writer processes on ``url``, from entering to leaving."""
+
+    def __init__(self, url: str, count: int) -> None:
+        # Each writer is forked from a fresh process that has imported the
+        # libraries once (no app, no thread, no connection in it): as clean
+        # as spawn, without importing them again in each of 16 writers.
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(_PRELOAD)
+        self._pipes: list[Connection] = []
+        self._procs: list[mp.process.BaseProcess] = []
+        for writer in range(count):
+            ours, theirs = ctx.Pipe()
+            self._pipes.append(ours)
+            self._procs.append(
+                ctx.Process(target=_writer, args=(url, writer, theirs), daemon=True)
+            )
+
+    def __enter__(self) -> Writers:
+        try:
+            for proc in self._procs:
+                proc.start()
+            for writer in range(len(self._procs)):
+                self._receive(writer, time.monotonic() + REPLY_TIMEOUT)
+        except BaseException:
+            self._stop()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop()
+
+    def run(self, commands: t.Mapping[int, Command]) -> dict[int, Reply]:
+        """Send each writer its command and wait for all the replies."""
+        for writer, command in commands.items():
+            self._pipes[writer].send(command)
+        end = max(
+            c.end if isinstance(c, Commit) else c.start + c.seconds
+            for c in commands.values()
+        )
+        replies: dict[int, Reply] = {}
+        for writer in commands:
+            reply = self._receive(writer, end + REPLY_TIMEOUT)
+            assert not isinstance(reply, str)
+            replies[writer] = reply
+        return replies
+
+    def _receive(self, writer: int, deadline: float) -> Reply | str:
+        pipe = self._pipes[writer]
+        if not pipe.poll(max(0.0, deadline - time.monotonic())):
+            raise RuntimeError(f"writer {writer} did not reply in time")
+        reply: Reply | str = pipe.recv()
+        if isinstance(reply, str) and reply != "ready":
+            raise RuntimeError(f"writer {writer} failed:\n{reply}")
+        return reply
+
+    def _stop(self) -> None:
+        for pipe, proc in zip(self._pipes, self._procs):
+            if proc.is_alive():
+                with contextlib.suppress(OSError):
+                    pipe.send(None)
+        for proc in self._procs:
+            if proc.pid is None:
+                continue
+            proc.join(timeout=30)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join()
+
+
+def _orders(rounds: int) -> t.Iterator[bool]:
+    """Broadcast on or off, round after round: on/off, off/on, on/off..."""
+    for r in range(rounds):
+        yield from (True, False) if r % 2 == 0 else (False, True)
+
+
+def throughput(
+    writers: Writers, counts: t.Sequence[int], seconds: float, rounds: int
+) -> dict[int, dict[str, float]]:
+    """Commits per second of ``count`` writers with broadcast off and on, and
+    the median, lowest and highest per-round ratio, by count.
+    """
+    figures: dict[int, dict[str, float]] = {}
+    for count in counts:
+        rates: dict[bool, list[float]] = {False: [], True: []}
+        for on in _orders(rounds):
+            start = time.monotonic() + LEAD
+            end = start + seconds
+            replies = writers.run({w: Commit(on, start, end) for w in range(count)})
+            commits = sum(
+                sum(1 for e in t.cast(Committed, reply).ends if e <= end)
+                for reply in replies.values()
+            )
+            rates[on].append(commits / seconds)
+        ratios = [a / b for a, b in zip(rates[True], rates[False])]
+        figures[count] = {
+            "off": statistics.median(rates[False]),
+            "on": statistics.median(rates[True]),
+            "ratio": statistics.median(ratios),
+            "ratio_min": min(ratios),
+            "ratio_max": max(ratios),
+        }
+    return figures
+
+
+def stall(writers: Writers, seconds: float, rounds: int) -> dict[str, dict[str, float]]:
+    """Writer 0 waits ``seconds`` between publishing and COMMIT while
+    :data:`STALL_OTHERS` others commit: their commits during the wait
+    (median over the rounds) and their slowest commit (the worst of the
+    rounds), broadcast off and on.
+    """
+    counts: dict[bool, list[int]] = {False: [], True: []}
+    slowest: dict[bool, float] = {False: 0.0, True: 0.0}
+    for on in _orders(rounds):
+        start = time.monotonic() + LEAD
+        end = start + 2 * STALL_MARGIN + seconds
+        commands: dict[int, Command] = {0: Stall(on, start + STALL_MARGIN, seconds)}
+        commands.update({w: Commit(on, start, end) for w in range(1, STALL_OTHERS + 1)})
+        replies = writers.run(commands)
+        stalled = t.cast(Stalled, replies.pop(0))
+        others = [t.cast(Committed, reply) for reply in replies.values()]
+        counts[on].append(
+            sum(
+                1
+                for reply in others
+                for e in reply.ends
+                if stalled.began <= e <= stalled.ended
+            )
+        )
+        slowest[on] = max(slowest[on], *(reply.slowest for reply in others))
+    return {
+        label: {
+            "commits": statistics.median(counts[on]),
+            "slowest_ms": slowest[on] * 1000,
+        }
+        for label, on in (("off", False), ("on", True))
+    }
+
+
+def measure(url: str, quick: bool) -> dict[str, t.Any]:
+    """Throughput and stall on ``url``, short when ``quick``."""
+    fresh(url)
+    seconds, rounds, stall_seconds, stall_rounds = (
+        (0.5, 1, 0.5, 1) if quick else (3.0, 3, 2.0, 2)
+    )
+    with Writers(url, max(*WRITER_COUNTS, STALL_OTHERS + 1)) as writers:
+        return {
+            "seconds": seconds,
+            "rounds": rounds,
+            "throughput": throughput(writers, WRITER_COUNTS, seconds, rounds),
+            "stall_seconds": stall_seconds,
+            "stall_rounds": stall_rounds,
+            "stall": stall(writers, stall_seconds, stall_rounds),
+        }
+
+
+def measure_on_durable_postgres(quick: bool) -> dict[str, t.Any]:
+    """:func:`measure` on a throwaway PostgreSQL server with ``fsync`` on."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
+    from _postgres import start_for_session
+
+    server = start_for_session(durable=True)
+    if server is None:
+        raise SystemExit("PostgreSQL server binaries not found")
+    try:
+        return measure(server.create_database("bench_broadcast_load"), quick)
+    finally:
+        server.close()
+
+
+def report(figures: t.Mapping[str, t.Any]) -> tuple[str, list[str]]:
+    """The Markdown tables of :func:`measure`'s figures, and the targets with
+    their verdicts.
+    """
+    lines = [
+        f"| writers | off commits/s | on commits/s | on/off, {figures['rounds']}"
+        " paired rounds (min to max) |",
+        "|---|---|---|---|",
+    ]
+    targets = []
+    for count, f in figures["throughput"].items():
+        lines.append(
+            f"| {count} | {f['off']:.0f} | {f['on']:.0f} | {f['ratio']:.3f}"
+            f" ({f['ratio_min']:.3f} to {f['ratio_max']:.3f}) |"
+        )
+        targets.append(
+            f"throughput, {count} writer{'s' if count > 1 else ''} (fsync on):"
+            f" {f['ratio']:.3f} x off, target >= {TARGET_RATIO}:"
+            f" {_verdict(f['ratio'] >= TARGET_RATIO)}"
+        )
+    s = figures["stall"]
+    lines += [
+        "",
+        f"| one publisher stalled {figures['stall_seconds']:g} s before COMMIT"
+        f" | commits of {STALL_OTHERS} other writers during the stall"
+        " | their slowest commit, ms |",
+        "|---|---|---|",
+        f"| broadcast off | {s['off']['commits']:g} | {s['off']['slowest_ms']:.0f} |",
+        f"| broadcast on | {s['on']['commits']:g} | {s['on']['slowest_ms']:.0f} |",
+    ]
+    ratio = s["on"]["commits"] / max(s["off"]["commits"], 1)
+    targets.append(
+        f"stall: {STALL_OTHERS} other writers committed {s['on']['commits']:g}"
+        f" times on, {s['off']['commits']:g} off ({ratio:.3f} x), target >="
+        f" {TARGET_RATIO}: {_verdict(ratio >= TARGET_RATIO)}"
+    )
+    return "\n".join(lines), targets
+
+
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the load on a throwaway PostgreSQL server and print it."""
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.broadcast_load", description=__doc__
+    )
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    table, targets = report(measure_on_durable_postgres(args.quick))
+    print(f"== broadcast load, postgres ==\n{table}\n" + "\n".join(targets))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
