@@ -27,6 +27,7 @@ import contextlib
 import multiprocessing as mp
 import statistics
 import sys
+import threading
 import time
 import traceback
 import typing as t
@@ -53,6 +54,10 @@ LEAD = 0.3
 STALL_MARGIN = 0.3
 #: Seconds to wait for a writer's reply beyond its round, at most.
 REPLY_TIMEOUT = 120.0
+#: Seconds between two samples of the writers' wait events.
+SAMPLE_INTERVAL = 0.05
+#: The wait events a table shows for each comparison, the most frequent.
+TOP_WAITS = 2
 #: What the writers' fork server imports before it forks them.
 _PRELOAD = ["flask", "flask_sessionext", "psycopg", "sqlalchemy"]
 #: What the section of ``results.md`` measured, above its tables.
@@ -65,7 +70,10 @@ METHOD = (
     " the ratio the median of the per-round ratios. Stall: one writer sleeps"
     " in a receiver of `signals.commit` (after publishing, before the DBAPI"
     f" commit) while {STALL_OTHERS} others commit; the commits they finish"
-    " during the sleep, and their slowest commit. The target: on >="
+    " during the sleep, and their slowest commit. Waits: what the writers'"
+    " backends executing a statement wait on (`pg_stat_activity`, sampled"
+    f" every {SAMPLE_INTERVAL * 1000:.0f} ms), in backends per sample, the"
+    f" {TOP_WAITS} most frequent. The target: on >="
     f" {TARGET_RATIO} x off."
 )
 
@@ -279,6 +287,72 @@ class Writers:
                 proc.join()
 
 
+class Waits:
+    """The wait events of the other backends on the database of ``url`` that
+    are executing a statement, sampled during the windows of
+    :meth:`sampling`.
+    """
+
+    _QUERY = sa.text(
+        "SELECT wait_event_type || ':' || wait_event FROM pg_stat_activity"
+        " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        " AND state = 'active' AND wait_event IS NOT NULL"
+    )
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.samples = 0
+        self.counts: dict[str, int] = {}
+
+    @contextlib.contextmanager
+    def sampling(self, start: float, end: float) -> t.Iterator[None]:
+        """Sample from ``start`` to ``end`` (monotonic) on a thread, while
+        the block runs.
+        """
+        stop = threading.Event()
+        errors: list[BaseException] = []
+        thread = threading.Thread(
+            target=self._sample, args=(start, end, stop, errors), daemon=True
+        )
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+        if errors:
+            raise RuntimeError("sampling the wait events failed") from errors[0]
+
+    def per_sample(self) -> dict[str, float]:
+        """Backends waiting on each event, per sample, the most frequent first."""
+        return {
+            event: count / max(self.samples, 1)
+            for event, count in sorted(self.counts.items(), key=lambda i: -i[1])
+        }
+
+    def _sample(
+        self,
+        start: float,
+        end: float,
+        stop: threading.Event,
+        errors: list[BaseException],
+    ) -> None:
+        engine = sa.create_engine(self.url, poolclass=sa.pool.NullPool)
+        try:
+            with engine.connect() as conn:
+                conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+                _sleep_until(start)
+                while time.monotonic() < end and not stop.is_set():
+                    for event in conn.execute(self._QUERY).scalars():
+                        self.counts[event] = self.counts.get(event, 0) + 1
+                    self.samples += 1
+                    stop.wait(SAMPLE_INTERVAL)
+        except BaseException as e:
+            errors.append(e)
+        finally:
+            engine.dispose()
+
+
 def _orders(rounds: int) -> t.Iterator[bool]:
     """Broadcast on or off, round after round: on/off, off/on, on/off..."""
     for r in range(rounds):
@@ -286,18 +360,21 @@ def _orders(rounds: int) -> t.Iterator[bool]:
 
 
 def throughput(
-    writers: Writers, counts: t.Sequence[int], seconds: float, rounds: int
-) -> dict[int, dict[str, float]]:
-    """Commits per second of ``count`` writers with broadcast off and on, and
-    the median, lowest and highest per-round ratio, by count.
+    writers: Writers, url: str, counts: t.Sequence[int], seconds: float, rounds: int
+) -> dict[int, dict[str, t.Any]]:
+    """Commits per second of ``count`` writers on ``url`` with broadcast off
+    and on, the median, lowest and highest per-round ratio, and the wait
+    events of their backends in each mode, by count.
     """
-    figures: dict[int, dict[str, float]] = {}
+    figures: dict[int, dict[str, t.Any]] = {}
     for count in counts:
         rates: dict[bool, list[float]] = {False: [], True: []}
+        waits = {False: Waits(url), True: Waits(url)}
         for on in _orders(rounds):
             start = time.monotonic() + LEAD
             end = start + seconds
-            replies = writers.run({w: Commit(on, start, end) for w in range(count)})
+            with waits[on].sampling(start, end):
+                replies = writers.run({w: Commit(on, start, end) for w in range(count)})
             commits = sum(
                 sum(1 for e in t.cast(Committed, reply).ends if e <= end)
                 for reply in replies.values()
@@ -310,6 +387,8 @@ def throughput(
             "ratio": statistics.median(ratios),
             "ratio_min": min(ratios),
             "ratio_max": max(ratios),
+            "waits_off": waits[False].per_sample(),
+            "waits_on": waits[True].per_sample(),
         }
     return figures
 
@@ -358,7 +437,7 @@ def measure(url: str, quick: bool) -> dict[str, t.Any]:
         return {
             "seconds": seconds,
             "rounds": rounds,
-            "throughput": throughput(writers, WRITER_COUNTS, seconds, rounds),
+            "throughput": throughput(writers, url, WRITER_COUNTS, seconds, rounds),
             "stall_seconds": stall_seconds,
             "stall_rounds": stall_rounds,
             "stall": stall(writers, stall_seconds, stall_rounds),
@@ -385,14 +464,15 @@ def report(figures: t.Mapping[str, t.Any]) -> tuple[str, list[str]]:
     """
     lines = [
         f"| writers | off commits/s | on commits/s | on/off, {figures['rounds']}"
-        " paired rounds (min to max) |",
-        "|---|---|---|---|",
+        " paired rounds (min to max) | waits, off | waits, on |",
+        "|---|---|---|---|---|---|",
     ]
     targets = []
     for count, f in figures["throughput"].items():
         lines.append(
             f"| {count} | {f['off']:.0f} | {f['on']:.0f} | {f['ratio']:.3f}"
-            f" ({f['ratio_min']:.3f} to {f['ratio_max']:.3f}) |"
+            f" ({f['ratio_min']:.3f} to {f['ratio_max']:.3f})"
+            f" | {_top(f['waits_off'])} | {_top(f['waits_on'])} |"
         )
         targets.append(
             f"throughput, {count} writer{'s' if count > 1 else ''} (fsync on):"
@@ -416,6 +496,12 @@ def report(figures: t.Mapping[str, t.Any]) -> tuple[str, list[str]]:
         f" {TARGET_RATIO}: {_verdict(ratio >= TARGET_RATIO)}"
     )
     return "\n".join(lines), targets
+
+
+def _top(waits: t.Mapping[str, float]) -> str:
+    """The most frequent wait events, in backends per sample."""
+    top = list(waits.items())[:TOP_WAITS]
+    return ", ".join(f"{event} {n:.1f}" for event, n in top) or "none"
 
 
 def _verdict(ok: bool) -> str:
