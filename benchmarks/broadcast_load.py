@@ -431,7 +431,7 @@ def measure(url: str, quick: bool) -> dict[str, t.Any]:
     """Throughput and stall on ``url``, short when ``quick``."""
     fresh(url)
     seconds, rounds, stall_seconds, stall_rounds = (
-        (0.5, 1, 0.5, 1) if quick else (3.0, 3, 2.0, 2)
+        (0.5, 1, 0.5, 1) if quick else (1.5, 6, 2.0, 2)
     )
     with Writers(url, max(*WRITER_COUNTS, STALL_OTHERS + 1)) as writers:
         return {
@@ -464,7 +464,8 @@ def report(figures: t.Mapping[str, t.Any]) -> tuple[str, list[str]]:
     """
     lines = [
         f"| writers | off commits/s | on commits/s | on/off, {figures['rounds']}"
-        " paired rounds (min to max) | waits, off | waits, on |",
+        f" paired rounds of {figures['seconds']:g} s (min to max)"
+        " | waits, off | waits, on |",
         "|---|---|---|---|---|---|",
     ]
     targets = []
@@ -500,7 +501,7 @@ def report(figures: t.Mapping[str, t.Any]) -> tuple[str, list[str]]:
 
 def _top(waits: t.Mapping[str, float]) -> str:
     """The most frequent wait events, in backends per sample."""
-    top = list(waits.items())[:TOP_WAITS]
+    top = [(event, n) for event, n in waits.items() if n >= 0.05][:TOP_WAITS]
     return ", ".join(f"{event} {n:.1f}" for event, n in top) or "none"
 
 
