@@ -3,11 +3,12 @@ peers, side by side in one process.
 
 Whole requests through the adapters of ``bench_apps`` on SQLite and/or
 PostgreSQL (the throwaway server the tests use) and the cost and latency of
-``SESSIONEXT_BROADCAST`` (``bench_broadcast``); on SQLite, several processes
-on one file (``bench_sqlite``); then the micro benchmarks of
-the signal bridge, change tracking and query recording. Writes the tables as
-Markdown and JSON. ``--quick`` is a smoke run of about a minute that fails only on
-errors, never on timings.
+``SESSIONEXT_BROADCAST`` (``bench_broadcast``; on PostgreSQL also its load, on
+a server with ``fsync`` on); on SQLite, several processes on one file
+(``bench_sqlite``); then the micro benchmarks of the signal bridge, change
+tracking and query recording. Writes the tables as Markdown and JSON.
+``--quick`` is a smoke run of about a minute that fails only on errors, never
+on timings.
 """
 
 from __future__ import annotations

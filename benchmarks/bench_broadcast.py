@@ -11,6 +11,10 @@ other processes.
 2. *Latency*: 4 processes publish at once (each commit stamped with the
    wall-clock time before it) and receive everything; the delay from that
    stamp to each process's receiver, median and 99th percentile.
+3. *Load*, on PostgreSQL only, on a server that flushes commits to disk
+   (:mod:`.broadcast_load`): commits per second of 1, 4 and 16 writer
+   processes with broadcast on and off, and the commits of 4 writers while
+   another publisher waits before its COMMIT.
 
 Part of ``python -m benchmarks`` (:func:`section`, on each database). Alone:
 on PostgreSQL (the tests' throwaway server) by default, ``--db sqlite`` for
@@ -37,7 +41,7 @@ from werkzeug.test import EnvironBuilder
 from flask_sessionext import CommittedChange, SessionExt
 from flask_sessionext.signals import models_committed_anywhere
 
-from . import bench_apps
+from . import bench_apps, broadcast_load
 
 PUBLISHERS = 4
 #: What the section of ``results.md`` measured, above its tables.
@@ -51,7 +55,7 @@ METHOD = (
     f" Latency: {PUBLISHERS} processes publish and receive at once; the delay"
     " from the wall-clock time stamped before each commit to each process's"
     " receiver. The targets: <= 10 % and <= one extra round trip on"
-    " `write`, p99 < 50 ms on loopback PostgreSQL."
+    " `write`, p99 < 50 ms on loopback PostgreSQL. " + broadcast_load.METHOD
 )
 #: The latency part's polling interval on SQLite.
 POLL_INTERVAL = 0.01
@@ -240,8 +244,9 @@ def latency(url: str, commits: int) -> dict[str, float]:
 def section(
     database: str, url_for: t.Callable[[str], str], quick: bool
 ) -> tuple[str, list[str], dict[str, t.Any]]:
-    """Both measures on ``database`` (``"sqlite"`` or ``"postgres"``), each
-    on databases from ``url_for(name)``: a Markdown table, the targets with
+    """The measures on ``database`` (``"sqlite"`` or ``"postgres"``), the
+    cost and the latency on databases from ``url_for(name)``, the load on
+    PostgreSQL on a server of its own: Markdown tables, the targets with
     their verdicts, and the figures.
     """
     rounds, scale = (3, 0.2) if quick else (30, 1.0)
@@ -296,7 +301,13 @@ def section(
     targets.append(
         f"deliveries {lat['deliveries']}/{lat['expected']}, target all: {_verdict(ok)}"
     )
-    return "\n".join(lines), targets, {"write": cost, "latency": lat}
+    figures: dict[str, t.Any] = {"write": cost, "latency": lat}
+    if database == "postgres":
+        figures["load"] = broadcast_load.measure_on_durable_postgres(quick)
+        load_table, load_targets = broadcast_load.report(figures["load"])
+        lines += ["", load_table]
+        targets += load_targets
+    return "\n".join(lines), targets, figures
 
 
 def _verdict(ok: bool) -> str:
@@ -304,7 +315,7 @@ def _verdict(ok: bool) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run both measures and print them."""
+    """Run the measures and print them."""
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.bench_broadcast", description=__doc__
     )

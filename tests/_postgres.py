@@ -4,7 +4,8 @@ The server lives in its own directory created with :func:`tempfile.mkdtemp`
 directly under ``/tmp`` (pytest's tmp dirs are mode 0700 and owned by root,
 which the ``postgres`` OS user cannot traverse).  It listens only on
 127.0.0.1, keeps its unix socket inside that directory and is tuned for speed,
-not durability.
+not durability, unless it is created with ``durable=True`` (``fsync``,
+``synchronous_commit`` and ``full_page_writes`` left on, as in production).
 
 Nothing is registered globally: whoever creates a :class:`PostgresServer`
 owns it and must call :meth:`PostgresServer.close` (or use it as a context
@@ -58,6 +59,8 @@ _SERVER_BINARIES = ("initdb", "pg_ctl", "postgres")
 _FALLBACK_OS_USER = "sessionext-pg"
 _LOG_TAIL_LINES = 40
 _PORT_ATTEMPTS = 5
+#: Settings that trade durability for speed, unless the server is durable.
+_NOT_DURABLE = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
 
 
 def find_pg_bin() -> Path | None:
@@ -84,8 +87,10 @@ def find_pg_bin() -> Path | None:
     return None
 
 
-def start_for_session() -> PostgresServer | None:
-    """Start a server for one test session (or one xdist worker).
+def start_for_session(*, durable: bool = False) -> PostgresServer | None:
+    """Start a server for one test session (or one xdist worker); with
+    ``durable``, one that flushes each commit to disk (see
+    :class:`PostgresServer`).
 
     Returns None when the binaries are missing and :data:`REQUIRE_ENV` is
     unset or empty; raises RuntimeError when they are missing but it is set.
@@ -98,7 +103,7 @@ def start_for_session() -> PostgresServer | None:
                 "PostgreSQL server binaries not found; install the 'postgresql' package"
             )
         return None
-    server = PostgresServer(bin_dir)
+    server = PostgresServer(bin_dir, durable=durable)
     try:
         server.start()
     except BaseException:
@@ -123,15 +128,20 @@ class PostgresServer:
         base_dir: Path | None = None,
         *,
         timeout: float = 60.0,
+        durable: bool = False,
     ) -> None:
         """Prepare (but do not start) a server using the binaries in bin_dir.
 
         Without base_dir a fresh directory is created under /tmp and removed
         by ``close()``; a given base_dir (new or empty: the superuser password
-        is per object) is used as is and left in place.
+        is per object) is used as is and left in place. ``durable`` keeps
+        ``fsync``, ``synchronous_commit`` and ``full_page_writes`` on (the
+        server's defaults), for benchmarks whose commits must reach the disk;
+        it applies when the cluster is initialised.
         """
         self.bin_dir = Path(bin_dir)
         self.timeout = timeout
+        self.durable = durable
         self._uid: int | None = None
         self._gid: int | None = None
         self._extra_groups: list[int] | None = None
@@ -352,9 +362,7 @@ class PostgresServer:
         settings = {
             "listen_addresses": "'127.0.0.1'",
             "unix_socket_directories": _conf_string(str(self.socket_dir)),
-            "fsync": "off",
-            "synchronous_commit": "off",
-            "full_page_writes": "off",
+            **({} if self.durable else _NOT_DURABLE),
             "max_connections": "100",
             "max_prepared_transactions": "10",
         }

@@ -96,6 +96,19 @@ def test_settings_for_tests(server: PostgresServer) -> None:
     assert _scalar(url, "show max_connections") == "100"
 
 
+def test_durable_settings() -> None:
+    """A server started with durable=True flushes commits: fsync on."""
+    srv = _postgres.start_for_session(durable=True)
+    if srv is None:
+        pytest.skip(f"PostgreSQL binaries not found and {REQUIRE_ENV} is unset")
+    with srv:
+        url = srv.url()
+        assert _scalar(url, "show fsync") == "on"
+        assert _scalar(url, "show synchronous_commit") == "on"
+        assert _scalar(url, "show full_page_writes") == "on"
+        assert _scalar(url, "show max_connections") == "100"
+
+
 def test_password_not_in_repr(server: PostgresServer) -> None:
     """repr() of a server does not reveal the password."""
     assert APP_PASSWORD not in repr(server)
