@@ -22,6 +22,7 @@ from test_broadcast import Received, outbox_rows, the_listener, wait_for
 from test_broadcast import broadcast_app as broadcast_app
 
 from flask_sessionext import CommittedChange, SessionExt, signals
+from flask_sessionext._features import broadcast, outbox_commit
 from flask_sessionext._features.outbox import (
     outbox_metadata,
     outbox_table,
@@ -95,13 +96,20 @@ def user_names(app: Flask, db: SessionExt, received: list[Received]) -> list[str
 # No lock between publishers
 
 
+@pytest.mark.parametrize("path", ["with the COMMIT", "as a statement"])
 def test_a_stalled_publisher_does_not_stop_the_others(
-    broadcast_app: tuple[Flask, SessionExt], received: list[Received]
+    broadcast_app: tuple[Flask, SessionExt],
+    received: list[Received],
+    path: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """While one publisher waits 1.5 s between publishing and its COMMIT,
-    another commits over and over; both publications arrive.
+    """While one publisher waits 1.5 s before its COMMIT (after its outbox
+    row, when the row goes as a statement of its own), another commits over
+    and over; every publication arrives.
     """
     app, db = broadcast_app
+    if path == "as a statement":
+        monkeypatch.setattr(outbox_commit, "DRIVERS", ())
     if app.extensions["sessionext"].engines[None].dialect.name != "postgresql":
         pytest.skip("SQLite runs one writing transaction at a time")
     stalled = threading.Event()
@@ -175,6 +183,59 @@ def test_no_deadlock_with_a_deferred_foreign_key(
     finally:
         with engine.begin() as conn:
             conn.exec_driver_sql("DROP TABLE child")
+
+
+def test_a_failed_publication_leaves_nothing_behind(
+    broadcast_app: tuple[Flask, SessionExt], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit that fails after its outbox row was held for the COMMIT
+    leaves no row for the next transaction of the pooled connection.
+    """
+    app, db = broadcast_app
+
+    def fail(*args: t.Any) -> None:
+        raise RuntimeError("pruning failed")
+
+    monkeypatch.setattr(broadcast, "prune", fail)
+    with app.app_context():
+        db.session.add(User(name="failed"))
+        with pytest.raises(RuntimeError, match="pruning failed"):
+            db.session.commit()
+        db.session.rollback()
+    engine = app.extensions["sessionext"].engines[None]
+    with engine.begin() as conn:
+        conn.execute(sa.select(1))
+    assert outbox_rows(app) == []
+
+
+def test_a_failing_commit_raises_as_sqlalchemy_does(
+    broadcast_app: tuple[Flask, SessionExt],
+) -> None:
+    """A deferred foreign key that fails at COMMIT raises SQLAlchemy's
+    IntegrityError, the outbox row going with the COMMIT or not, and
+    publishes nothing.
+    """
+    app, db = broadcast_app
+    engine = app.extensions["sessionext"].engines[None]
+    if engine.dialect.name != "postgresql":
+        pytest.skip("deferrable foreign keys: PostgreSQL")
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "CREATE TABLE orphan (id serial PRIMARY KEY, user_id int REFERENCES"
+            " users (id) DEFERRABLE INITIALLY DEFERRED)"
+        )
+    try:
+        with app.app_context():
+            db.session.add(User(name="with an orphan"))
+            db.session.flush()
+            db.session.execute(sa.text("INSERT INTO orphan (user_id) VALUES (-1)"))
+            with pytest.raises(sa.exc.IntegrityError, match="orphan"):
+                db.session.commit()
+            db.session.rollback()
+        assert outbox_rows(app) == []
+    finally:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("DROP TABLE orphan")
 
 
 # No silent loss

@@ -25,6 +25,7 @@ from sqlalchemy import orm
 
 from .._config.settings import Settings
 from ..signals import models_committed_anywhere
+from . import outbox_commit
 from . import outbox_listener as _outbox_listener
 from .base import Feature, Parts
 from .levels import end_level, mark_released
@@ -208,6 +209,8 @@ class Broadcast(Feature):
         """Install the publishing listeners."""
         for name in self.listens:
             self.listen(self._session_class, name, getattr(self, f"_{name}"))
+        if self.engine.dialect.driver in outbox_commit.DRIVERS:
+            self.listen(self.engine, "commit", self._commit)
 
     def refresh(self, app: Flask) -> None:
         """Start, or stop, receiving as receivers come and go."""
@@ -335,7 +338,9 @@ class Broadcast(Feature):
         now = utcnow()
         channel = self.settings.channel
         try:
-            if connection.dialect.name == "postgresql":
+            if outbox_commit.rides(connection, session):
+                outbox_commit.hold(connection, channel, now, payload)
+            elif connection.dialect.name == "postgresql":
                 statement, order = _pg_publish(connection.dialect)
                 parameters = {
                     "created_at": now,
@@ -358,7 +363,9 @@ class Broadcast(Feature):
                         "previous_channel": channel,
                     },
                 )
-            session.info[_PUBLISHED] = True
+            # The connection's info, kept by its pool record: the connection
+            # itself is closed by the time the transaction's end is told.
+            session.info[_PUBLISHED] = connection.info
             if self._receiving and self.listener is None:
                 # A forked child, with no app context pushed yet.
                 app = self._app()
@@ -380,11 +387,21 @@ class Broadcast(Feature):
                 raise missing_table(engine.url) from e
             raise
 
+    def _commit(self, connection: sa.Connection) -> None:
+        try:
+            outbox_commit.send(connection)
+        except sa_exc.DBAPIError as e:
+            if is_missing_table(e):
+                raise missing_table(self.engine.url) from e
+            raise
+
     def _after_commit(self, session: orm.Session) -> None:
         mark_released(session.info.get(_LEVELS), session)
-        if session.get_nested_transaction() is None and session.info.pop(
-            _PUBLISHED, False
-        ):
+        if session.get_nested_transaction() is not None:
+            return
+        info = session.info.pop(_PUBLISHED, None)
+        if info is not None:
+            outbox_commit.drop(info)
             listener = self.listener
             if listener is not None:
                 listener.wake()
@@ -394,4 +411,6 @@ class Broadcast(Feature):
     ) -> None:
         end_level(session.info.get(_LEVELS), transaction, _Level)
         if transaction.parent is None:
-            session.info.pop(_PUBLISHED, None)
+            info = session.info.pop(_PUBLISHED, None)
+            if info is not None:
+                outbox_commit.drop(info)
