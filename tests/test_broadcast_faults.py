@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 import typing as t
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -431,3 +435,58 @@ def test_rows_carry_what_orders_them(
         assert rows[0].txid != rows[1].txid
     else:
         assert [previous for _, _, previous in rows] == [None, rows[0].id]
+
+
+# Quiet commands
+
+
+def test_cli_commands_print_no_listener_noise(tmp_path: Path) -> None:
+    """``flask sessionext create-all`` on an app that receives, before its
+    outbox exists, prints what it did and nothing of the listener.
+    """
+    (tmp_path / "quietapp.py").write_text(
+        textwrap.dedent(
+            f"""
+            import logging
+            from flask import Flask
+            from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+            from flask_sessionext import SessionExt
+            from flask_sessionext.signals import models_committed_anywhere
+
+            class Base(DeclarativeBase):
+                pass
+
+            class Thing(Base):
+                __tablename__ = "things"
+                id: Mapped[int] = mapped_column(primary_key=True)
+
+            logging.basicConfig(level=logging.INFO)
+            app = Flask(__name__)
+            app.config["SESSIONEXT_DATABASE_URI"] = "sqlite:///{tmp_path / "q.db"}"
+            app.config["SESSIONEXT_BROADCAST"] = {{"poll_interval": 0.01}}
+            db = SessionExt(app, metadata=Base.metadata)
+            models_committed_anywhere.connect(
+                lambda sender, **kwargs: None, app, weak=False
+            )
+            """
+        )
+    )
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flask",
+            "--app",
+            "quietapp",
+            "sessionext",
+            "create-all",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Created 3 table(s) in the default bind" in result.stdout
+    assert "broadcast" not in result.stderr.lower(), result.stderr
