@@ -76,6 +76,9 @@ logger = logging.getLogger("flask_sessionext.broadcast")
 
 #: The longest wait between two reads of the outbox on PostgreSQL, seconds.
 WAIT = 1.0
+#: The shortest time between two ticks (and reads) of a listener woken up by
+#: its own process's commits, seconds.
+TICK_EVERY = 0.005
 #: The first and the longest wait before reconnecting, seconds.
 MIN_BACKOFF = 0.05
 MAX_BACKOFF = 2.0
@@ -348,6 +351,10 @@ class OutboxListener:
                     )
                     self.connected.set()
                 tick = self._wait(run, db)
+                if tick:
+                    # Commits in a row wake it up once each: one tick and
+                    # read every TICK_EVERY seconds serves them all.
+                    run.stop.wait(TICK_EVERY)
         finally:
             if run.pid == os.getpid():
                 connection, run.connection = run.connection, None
