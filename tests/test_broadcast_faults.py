@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -490,3 +491,78 @@ def test_cli_commands_print_no_listener_noise(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "Created 3 table(s) in the default bind" in result.stdout
     assert "broadcast" not in result.stderr.lower(), result.stderr
+
+
+# A real process, stopped past 'keep'
+
+_LISTENING_PROCESS = """
+import sys, time
+from flask import Flask
+from flask_sessionext import SessionExt
+from flask_sessionext.signals import models_committed_anywhere, publications_lost
+
+app = Flask("stopped")
+app.config["SESSIONEXT_DATABASE_URI"] = sys.argv[1]
+app.config["SESSIONEXT_BROADCAST"] = {"poll_interval": 0.02}
+db = SessionExt(app)
+
+def delivered(sender, sequence, **kwargs):
+    print("delivered", sequence, flush=True)
+
+def lost(sender, reason):
+    print("lost", reason, flush=True)
+
+models_committed_anywhere.connect(delivered, app, weak=False)
+publications_lost.connect(lost, app, weak=False)
+listener = app.extensions["sessionext"].feature(
+    __import__("flask_sessionext._features.broadcast", fromlist=["x"]).Broadcast
+).listener
+listener.connected.wait(20)
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_process_stopped_past_keep(
+    broadcast_app: tuple[Flask, SessionExt],
+) -> None:
+    """A listening process stopped (SIGSTOP) while what it missed is pruned
+    sends ``publications_lost`` once when it continues, then delivers what
+    comes next.
+    """
+    app, db = broadcast_app
+    url = app.extensions["sessionext"].engines[None].url
+    child = subprocess.Popen(
+        [sys.executable, "-c", _LISTENING_PROCESS, url.render_as_string(False)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(
+        target=lambda: lines.extend(iter(child.stdout.readline, "")),  # type: ignore[union-attr]
+        daemon=True,
+    )
+    reader.start()
+    try:
+        wait_for(lambda: "ready\n" in lines, timeout=30)
+        add_user(app, db, "seen")
+        wait_for(lambda: any(line.startswith("delivered") for line in lines))
+        os.kill(child.pid, signal.SIGSTOP)
+        for name in ("missed 1", "missed 2"):
+            add_user(app, db, name)
+        age_outbox(app, 7200)
+        settings = app.extensions["sessionext"].settings.broadcast
+        engine = app.extensions["sessionext"].engines[None]
+        with engine.begin() as conn:
+            prune(conn, settings.channel, settings.keep)
+        os.kill(child.pid, signal.SIGCONT)
+        wait_for(lambda: any(line.startswith("lost") for line in lines), timeout=20)
+        add_user(app, db, "after")
+        last = max(row_id for row_id, _ in outbox_rows(app))
+        wait_for(lambda: f"delivered {last}\n" in lines, timeout=20)
+    finally:
+        child.kill()
+        child.wait()
+        reader.join(5)
+        child.stdout.close()  # type: ignore[union-attr]
+    assert [line for line in lines if line.startswith("lost")] == ["lost pruned\n"]
