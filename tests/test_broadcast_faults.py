@@ -374,9 +374,13 @@ def test_forked_child_receives_from_the_fork(
 # The listener connects as the pool does
 
 
-def test_listener_uses_creator(app: Flask, database: str) -> None:
-    """A bind whose connections come from a ``creator`` engine option, on a
-    URL without password, delivers: its listener connects through the pool.
+@pytest.mark.parametrize("how", ["creator", "do_connect"])
+def test_listener_connects_as_the_pool_does(
+    app: Flask, database: str, how: str
+) -> None:
+    """On a URL without password, a bind whose connections come from a
+    ``creator`` engine option, or get their password from a receiver of
+    ``do_connect``, delivers: its listener connects through the pool.
     """
     if database != "postgresql":
         pytest.skip("a server with a password")
@@ -385,34 +389,40 @@ def test_listener_uses_creator(app: Flask, database: str) -> None:
 
     app.config["SESSIONEXT_DATABASE_URI"] = url.set(password=None)
     app.config["SESSIONEXT_BROADCAST"] = {"poll_interval": 0.02}
-    app.config["SESSIONEXT_ENGINE_OPTIONS"] = {
-        "creator": lambda: psycopg.connect(
-            host=url.host,
-            port=url.port,
-            user=url.username,
-            password=url.password,
-            dbname=url.database,
-        )
-    }
+    if how == "creator":
+        app.config["SESSIONEXT_ENGINE_OPTIONS"] = {
+            "creator": lambda: psycopg.connect(
+                host=url.host,
+                port=url.port,
+                user=url.username,
+                password=url.password,
+                dbname=url.database,
+            )
+        }
+
+    def inject_password(sender: Flask, cparams: dict[str, t.Any], **kw: t.Any) -> None:
+        cparams["password"] = url.password
+
     db = SessionExt(app)
     engine = app.extensions["sessionext"].engines[None]
-    User.metadata.create_all(engine)
-    outbox_metadata.create_all(engine)
     got: list[int] = []
 
     def receiver(sender: Flask, sequence: int, **kwargs: t.Any) -> None:
         got.append(sequence)
 
-    try:
-        with models_committed_anywhere.connected_to(receiver, app):
-            the_listener(app)
-            add_user(app, db, "created")
-            wait_for(lambda: len(got) == 1)
-        assert got == [row_id for row_id, _ in outbox_rows(app)]
-    finally:
-        User.metadata.drop_all(engine)
-        outbox_metadata.drop_all(engine)
-        engine.dispose()
+    with signals.do_connect.connected_to(inject_password, app):
+        User.metadata.create_all(engine)
+        outbox_metadata.create_all(engine)
+        try:
+            with models_committed_anywhere.connected_to(receiver, app):
+                the_listener(app)
+                add_user(app, db, "created")
+                wait_for(lambda: len(got) == 1)
+            assert got == [row_id for row_id, _ in outbox_rows(app)]
+        finally:
+            User.metadata.drop_all(engine)
+            outbox_metadata.drop_all(engine)
+            engine.dispose()
 
 
 def test_rows_carry_what_orders_them(
