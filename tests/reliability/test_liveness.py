@@ -70,6 +70,9 @@ def test_no_failure_after_restart_under_load(
         try:
             time.sleep(BEFORE)
             running.clear()
+            # A request handed out just before may not have checked out its
+            # connection yet: let it start, then wait for it to end.
+            time.sleep(0.3)
             wait_for(lambda: checked_out(engine) == 0)
             pooled = t.cast(QueuePool, engine.pool).checkedin()
             own_postgres.stop()
