@@ -324,11 +324,46 @@ def test_unreadable_row_is_a_loss(
 # Every worker from its first moment
 
 
+def _receive_in_fork(app: Flask, go: int, result: int, generations: int) -> None:
+    """In a forked process: fork ``generations - 1`` more times first; the
+    last one waits for ``go``, pushes its first app context, and writes to
+    ``result`` the keys of what it received within 10 s.
+    """
+    status = 1
+    try:
+        if generations > 1:
+            pid = os.fork()
+            if pid:
+                _, child_status = os.waitpid(pid, 0)
+                os._exit(os.waitstatus_to_exitcode(child_status))
+            _receive_in_fork(app, go, result, generations - 1)
+        os.read(go, 1)  # the first process committed
+        got: list[list[t.Any]] = []
+
+        def child_receiver(sender: Flask, changes: t.Any, **kw: t.Any) -> None:
+            got.append([c.primary_key[0] for c in changes])
+
+        with models_committed_anywhere.connected_to(child_receiver, app):
+            with app.app_context():  # this process's first
+                pass
+            deadline = time.monotonic() + 10
+            while not got and time.monotonic() < deadline:
+                time.sleep(0.02)
+        os.write(result, json.dumps(got).encode())
+        status = 0
+    finally:
+        os._exit(status)
+
+
+@pytest.mark.parametrize("generations", [1, 2], ids=["child", "grandchild"])
 def test_forked_child_receives_from_the_fork(
-    broadcast_app: tuple[Flask, SessionExt], received: list[Received]
+    broadcast_app: tuple[Flask, SessionExt],
+    received: list[Received],
+    generations: int,
 ) -> None:
-    """A child forked while the parent receives gets a change committed
-    after the fork and before the child's first app context.
+    """A child (and its own child) forked while the first process receives
+    gets a change committed after the forks and before its first app
+    context.
     """
     app, db = broadcast_app
     add_user(app, db, "before")
@@ -336,34 +371,18 @@ def test_forked_child_receives_from_the_fork(
     read, write = os.pipe()
     go_read, go_write = os.pipe()
     pid = os.fork()
-    if pid == 0:  # the child
-        status = 1
-        try:
-            os.close(read)
-            os.read(go_read, 1)  # the parent committed
-            got: list[list[t.Any]] = []
-
-            def child_receiver(sender: Flask, changes: t.Any, **kw: t.Any) -> None:
-                got.append([c.primary_key[0] for c in changes])
-
-            with models_committed_anywhere.connected_to(child_receiver, app):
-                with app.app_context():  # the child's first
-                    pass
-                deadline = time.monotonic() + 10
-                while not got and time.monotonic() < deadline:
-                    time.sleep(0.02)
-            os.write(write, json.dumps(got).encode())
-            status = 0
-        finally:
-            os._exit(status)
+    if pid == 0:
+        os.close(read)
+        _receive_in_fork(app, go_read, write, generations)
     os.close(write)
+    time.sleep(0.2)  # every fork is done
     add_user(app, db, "after the fork")
     os.write(go_write, b"!")
     data = b""
     while chunk := os.read(read, 4096):
         data += chunk
     _, status = os.waitpid(pid, 0)
-    assert status == 0
+    assert os.waitstatus_to_exitcode(status) == 0
     with app.app_context():
         after = db.session.scalars(
             sa.select(User.id).where(User.name == "after the fork")
