@@ -444,6 +444,37 @@ def test_listener_connects_as_the_pool_does(
             engine.dispose()
 
 
+def test_listener_takes_no_slot_of_the_apps_pool(app: Flask) -> None:
+    """With every connection of the app's pool checked out, the listener
+    still connects, and delivers once the pool is free again.
+    """
+    app.config["SESSIONEXT_BROADCAST"] = {"poll_interval": 0.02}
+    app.config["SESSIONEXT_ENGINE_OPTIONS"] = {
+        "pool_size": 1,
+        "max_overflow": 0,
+        "pool_timeout": 30,
+    }
+    db = SessionExt(app)
+    engine = app.extensions["sessionext"].engines[None]
+    User.metadata.create_all(engine)
+    outbox_metadata.create_all(engine)
+    got: list[int] = []
+
+    def receiver(sender: Flask, sequence: int, **kwargs: t.Any) -> None:
+        got.append(sequence)
+
+    try:
+        with models_committed_anywhere.connected_to(receiver, app):
+            with engine.connect():  # the pool's only connection
+                the_listener(app)
+            add_user(app, db, "pool")
+            wait_for(lambda: len(got) == 1)
+    finally:
+        User.metadata.drop_all(engine)
+        outbox_metadata.drop_all(engine)
+        engine.dispose()
+
+
 def test_rows_carry_what_orders_them(
     broadcast_app: tuple[Flask, SessionExt],
 ) -> None:

@@ -364,11 +364,17 @@ class OutboxListener:
     def _connect(self, run: _Run) -> Database:
         """A connection of the pool's making, detached from it, in autocommit
         mode.
+
+        It comes from a copy of the bind's pool (``Pool.recreate()``: the
+        same creator, options and event listeners), so the listener never
+        waits for a slot of the app's pool.
         """
         logger.debug("Broadcast listener connecting to %s.", self.label)
-        connection = self.engine.raw_connection()
+        pool = self.engine.pool.recreate()
+        connection = pool.connect()
         try:
             connection.detach()
+            pool.dispose()
             dbapi_connection = connection.dbapi_connection
             assert dbapi_connection is not None, "just connected"
             dbapi_connection.rollback()
