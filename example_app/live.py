@@ -19,7 +19,7 @@ import typing as t
 from flask import Blueprint, Flask, Response, current_app, render_template, request
 
 from flask_sessionext import CommittedChange
-from flask_sessionext.signals import models_committed_anywhere
+from flask_sessionext.signals import models_committed_anywhere, publications_lost
 
 bp = Blueprint("live", __name__)
 
@@ -48,11 +48,20 @@ class Feed:
         sequence: int,
     ) -> None:
         """Keep a publication and wake the event streams."""
+        self._push(sequence, local, [_summary(change) for change in changes])
+
+    def lost(self, app: Flask, reason: str) -> None:
+        """Publications this process should have received are gone: the
+        browsers reload everything, as on any event.
+        """
+        self._push(None, False, [f"publications lost ({reason}): reload everything"])
+
+    def _push(self, sequence: int | None, local: bool, changes: list[str]) -> None:
         event = {
             "sequence": sequence,
             "local": local,
             "pid": os.getpid(),
-            "changes": [_summary(change) for change in changes],
+            "changes": changes,
         }
         with self.changed:
             self.events.append(event)
@@ -98,6 +107,7 @@ def listen(app: Flask) -> None:
         live.listening = True
         # Weakly, a method of the feed that the app holds: it goes with the app.
         models_committed_anywhere.connect(live.received, sender=app)
+        publications_lost.connect(live.lost, sender=app)
 
 
 @bp.get("/live")

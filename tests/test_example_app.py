@@ -437,3 +437,15 @@ def test_two_instances_update_each_other_live(tmp_path: Path) -> None:
             for server in servers:
                 server.terminate()
                 server.wait(timeout=10)
+
+
+def test_live_page_shows_publications_lost(example: Flask) -> None:
+    """A ``publications_lost`` of the listener reaches the Live page and the
+    event streams, so the browsers reload everything.
+    """
+    from flask_sessionext.signals import publications_lost
+
+    example.test_client().get("/")  # the first request: the app listens
+    publications_lost.send(example, reason="pruned")
+    page = example.test_client().get("/live").get_data(as_text=True)
+    assert "publications lost (pruned): reload everything" in page
