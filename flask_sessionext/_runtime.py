@@ -27,6 +27,7 @@ import sqlalchemy.orm as orm
 from blinker import ANY, NamedSignal
 from flask import Flask, Response, after_this_request, has_request_context
 from flask.ctx import AppContext
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util import ScopedRegistry
 
 from ._config.settings import Settings, commit_on_teardown
@@ -42,6 +43,8 @@ from ._features.changes import ModelChanges, OnCommit
 from ._features.recording import Recorder
 from ._receivers.calls import raise_parked, report
 from ._receivers.checks import collected, report_collected
+from ._session.async_session import AsyncState, dispose_async, run_to_completion
+from ._session.frameworks import is_quart
 from ._session.session import (
     OPERATIONS,
     Session,
@@ -87,14 +90,31 @@ class Runtime:
         engines = create_engines(settings)
         prepare_engines(engines)
         sessionmaker = make_sessionmaker(settings, engines)
+        #: The async engines, sessionmaker and sessions (one loop per view
+        #: and thread under Flask, one loop under Quart).
+        self.async_state = AsyncState(
+            settings, sessionmaker.class_, threads=not is_quart(app)
+        )
         # What SQLAlchemy holds of the app goes with it: its listeners (see
         # Listeners.remove_all) and its pools' connections.
-        weakref.finalize(app, _release, listeners, list(engines.values()))
+        weakref.finalize(
+            app,
+            _release,
+            listeners,
+            list(engines.values()),
+            list(self.async_state.engines.values()),
+        )
         self.app = weakref.ref(app)
         self.extension = extension
         self.settings = settings
         #: The app's engines by bind key, a read-only mapping.
         self.engines: Mapping[str | None, sa.Engine] = MappingProxyType(dict(engines))
+        #: Every engine whose events the features listen to, with its bind
+        #: key: the engines, then the sync engines under the async engines.
+        self.all_engines: tuple[tuple[str | None, sa.Engine], ...] = (
+            *engines.items(),
+            *self.async_state.sync_engines,
+        )
         self.sessionmaker = sessionmaker
         self.session_class: type[Session] = sessionmaker.class_
         self.listeners = listeners
@@ -139,9 +159,13 @@ class Runtime:
         say, and install what the receivers already connected need.
         """
         if raise_parked not in app.teardown_appcontext_funcs:
-            # First in the list, so Flask runs it last, once the session of the
-            # app context has been closed and its connection returned.
-            app.teardown_appcontext_funcs.insert(0, raise_parked)
+            # Run last, once the session of the app context has been closed
+            # and its connection returned: Flask runs the list in reverse,
+            # Quart in order.
+            if is_quart(app):
+                app.teardown_appcontext_funcs.append(raise_parked)
+            else:
+                app.teardown_appcontext_funcs.insert(0, raise_parked)
         for signal in namespace.values():
             # Weakly: Blinker forgets the subscription when the app and its
             # runtime are gone.
@@ -277,6 +301,8 @@ class Runtime:
         Also the safe point at which listeners of garbage-collected receivers go.
         """
         app = ctx.app
+        if self.async_state.sessions:  # only apps that used one pay for it
+            self.async_state.remove(ctx, exc, commit_on_teardown(app))
         if self.streams:
             stream = self.streams.pop(ctx, None)
             if stream == "streaming":  # the body has yet to stream
@@ -348,10 +374,14 @@ class Runtime:
             self.sessionmaker.kw.update(saved)
 
 
-def _release(listeners: Listeners, engines: list[sa.Engine]) -> None:
+def _release(
+    listeners: Listeners, engines: list[sa.Engine], async_engines: list[AsyncEngine]
+) -> None:
     """Remove the listeners, and close the pooled connections, of an app that
     was garbage-collected.
     """
     listeners.remove_all()
     for engine in engines:
         engine.dispose()
+    if async_engines:
+        run_to_completion(dispose_async(async_engines))

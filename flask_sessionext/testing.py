@@ -178,6 +178,8 @@ def rollback(app: Flask) -> Iterator[Flask]:
             state.listeners.add(target, identifier, handler)
             stack.callback(state.listeners.remove, target, identifier, handler)
         stack.callback(block.close)
+        # Exits first: the block's async sessions close on their connections.
+        stack.enter_context(state.async_state.join())
         yield app
 
 

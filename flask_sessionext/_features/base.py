@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import typing as t
 import weakref
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 # What features need to call user code: the one place that does it, as the
 # features reach it (see :mod:`.._receivers.calls`).
@@ -74,6 +74,12 @@ class Parts(t.Protocol):
     @property
     def engines(self) -> Mapping[str | None, sa.Engine]:
         """The app's engines by bind key."""
+
+    @property
+    def all_engines(self) -> Sequence[tuple[str | None, sa.Engine]]:
+        """Every engine whose events the features listen to, with its bind
+        key: the app's engines, then the sync engines under its async ones.
+        """
 
     @property
     def listeners(self) -> Listeners:

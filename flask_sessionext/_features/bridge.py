@@ -50,7 +50,7 @@ class SignalBridge(Feature):
         # Weak, so the class-level session listeners do not keep the app alive.
         self.app = parts.app
         self.session_class = parts.session_class
-        self._engines = parts.engines
+        self._engines = parts.all_engines
         #: Installed signals by name: their (target, handler) pairs, and
         #: their receivers.
         self.installed: dict[str, tuple[list[tuple[t.Any, Handler]], _Receivers]] = {}
@@ -106,7 +106,7 @@ class SignalBridge(Feature):
     def _targets(self, entry: BridgedEvent) -> list[tuple[t.Any, str | None]]:
         if entry.target == "session":
             return [(self.session_class, None)]
-        return [(engine, key) for key, engine in self._engines.items()]
+        return [(engine, key) for key, engine in self._engines]
 
 
 def _may_raise(resolved: Resolved) -> bool:

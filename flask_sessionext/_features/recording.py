@@ -35,7 +35,8 @@ from flask import Flask, Response
 from flask.ctx import AppContext
 from sqlalchemy.engine.interfaces import ExecutionContext
 
-from .._session.session import _current_app_context
+from .._session.frameworks import quart_app_context
+from .._session.session import _current_app_context, app_ctx_scope
 from ..recording import QueryRecord
 from ..signals import slow_query
 from .base import EVERY_OPERATION, Feature, Parts, report
@@ -133,7 +134,7 @@ class Recorder(Feature):
         """
         if self.active:
             app_ref = weakref.ref(app)
-            for bind_key, engine in self.parts.engines.items():
+            for bind_key, engine in self.parts.all_engines:
                 _time_driver_calls(self, app_ref, bind_key, engine.dialect)
         if self.server_timing:
             app.after_request(_add_server_timing)
@@ -273,8 +274,11 @@ def _time_driver_calls(
             try:
                 ctx = _current_app_context()
             except RuntimeError:
-                call(cursor, statement, parameters, context)
-                return
+                quart_ctx = quart_app_context()  # a Quart app's, else none
+                if quart_ctx is None:
+                    call(cursor, statement, parameters, context)
+                    return
+                ctx = quart_ctx
             if initializing or ctx.app is not app_ref():
                 call(cursor, statement, parameters, context)
                 return
@@ -425,7 +429,8 @@ def _bounded_any(value: t.Any, depth: int) -> tuple[t.Any, int]:
 
 def _add_server_timing(response: Response) -> Response:
     """``after_request`` function: the app context's query count and time."""
-    queries: _Queries | None = getattr(flask.g, _QUERIES, None)
+    # Flask's g or Quart's: the app context's.
+    queries: _Queries | None = getattr(app_ctx_scope().g, _QUERIES, None)
     count, duration = (queries.count, queries.duration) if queries else (0, 0.0)
     noun = "query" if count == 1 else "queries"
     value = f'db;dur={duration * 1000:.1f};desc="{count} {noun}"'
