@@ -7,6 +7,7 @@ SQLAlchemy changes one of them.
 from __future__ import annotations
 
 import importlib
+import threading
 import typing as t
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -254,3 +255,17 @@ def await_in_greenlet(awaitable: t.Awaitable[_T]) -> _T:
 
     result: _T = concurrency.await_only(awaitable)
     return result
+
+
+def lock_first_connect_with_threads(pool: sa.Pool) -> None:
+    """Make the connections of ``pool`` that threads open together wait for
+    the first one's ``connect`` listeners (the dialect's initialisation)
+    with a thread lock.
+
+    SQLAlchemy makes that lock (the ``_exec_once_mutex`` of the pool's
+    ``connect`` listeners) an ``asyncio.Lock`` for a pool of an async
+    engine, which belongs to one loop; the connections of a Flask app's
+    async engine are opened by the loops of several threads.
+    """
+    collection: t.Any = pool.dispatch.connect.for_modify(pool.dispatch)
+    collection._exec_once_mutex = threading.Lock()

@@ -38,7 +38,11 @@ from sqlalchemy.pool import NullPool, QueuePool
 from .._config.binds import BindSettings
 from .._config.passwords import hide_passwords, mask_url
 from .._config.settings import Settings
-from .._sqlalchemy_private import async_pool_dialect, thread_safe_queue
+from .._sqlalchemy_private import (
+    async_pool_dialect,
+    lock_first_connect_with_threads,
+    thread_safe_queue,
+)
 from . import fork_safety as _fork_safety
 
 #: The async driver of each sync ``(dialect, driver)``.
@@ -78,6 +82,22 @@ class ThreadedAsyncPool(QueuePool):
     _is_asyncio = True
     _queue_class = thread_safe_queue()
     _dialect = async_pool_dialect()
+
+    def __init__(self, *args: t.Any, **kwargs: t.Any) -> None:
+        super().__init__(*args, **kwargs)
+        lock_first_connect_with_threads(self)
+
+
+class ThreadedNullPool(NullPool):
+    """``NullPool`` for async engines whose connections the loops of many
+    threads open: the first connections opened together wait for the
+    first one's initialisation with a thread lock, not an ``asyncio.Lock``
+    of one loop.
+    """
+
+    def __init__(self, *args: t.Any, **kwargs: t.Any) -> None:
+        super().__init__(*args, **kwargs)
+        lock_first_connect_with_threads(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,7 +190,7 @@ def async_options(bind: BindSettings, url: URL, threads: bool) -> dict[str, t.An
     elif url.get_driver_name() in LOOP_FREE_DRIVERS:
         options["poolclass"] = ThreadedAsyncPool
     else:
-        options["poolclass"] = NullPool
+        options["poolclass"] = ThreadedNullPool
         for name in _QUEUE_OPTIONS:
             options.pop(name, None)
     return options
