@@ -10,6 +10,7 @@ import sqlalchemy as sa
 import sqlalchemy.exc as sa_exc
 import sqlalchemy.orm as orm
 from flask import Flask, abort
+from flask.sansio.app import App
 from sqlalchemy.util import ScopedRegistry
 
 from . import pagination
@@ -68,7 +69,7 @@ class SessionExt(AsyncMethods):
 
     def __init__(
         self,
-        app: Flask | None = None,
+        app: App | None = None,
         *,
         engine_options: Mapping[str, t.Any] | None = None,
         session_options: Mapping[str, t.Any] | None = None,
@@ -96,7 +97,7 @@ class SessionExt(AsyncMethods):
     def __repr__(self) -> str:
         return f"<{type(self).__name__}>"
 
-    def init_app(self, app: Flask) -> None:
+    def init_app(self, app: App) -> None:
         """Create the app's engines and sessionmaker, and remove the session
         when each of its application contexts ends. Opens no connection.
 
@@ -112,6 +113,8 @@ class SessionExt(AsyncMethods):
             configured.
         """
         check_app(app)
+        # A Quart app is served as a Flask app: the runtime uses what both have.
+        app = t.cast(Flask, app)
         if "sessionext" in app.extensions:
             raise RuntimeError(
                 f"The Flask app {app.name!r} already has a SessionExt; an app"
