@@ -158,12 +158,12 @@ class Runtime:
         """Subscribe to receiver changes, start each feature as the settings
         say, and install what the receivers already connected need.
         """
-        if raise_parked not in app.teardown_appcontext_funcs:
+        if not {raise_parked, raise_parked_async} & {*app.teardown_appcontext_funcs}:
             # Run last, once the session of the app context has been closed
             # and its connection returned: Flask runs the list in reverse,
             # Quart in order.
             if is_quart(app):
-                app.teardown_appcontext_funcs.append(raise_parked)
+                app.teardown_appcontext_funcs.append(raise_parked_async)
             else:
                 app.teardown_appcontext_funcs.insert(0, raise_parked)
         for signal in namespace.values():
@@ -372,6 +372,13 @@ class Runtime:
             router.stand_ins = {}
             self.sessionmaker.kw.clear()
             self.sessionmaker.kw.update(saved)
+
+
+async def raise_parked_async(exc: BaseException | None = None) -> None:
+    """:func:`raise_parked` for Quart, which would run a sync teardown
+    function in a worker thread, at every request.
+    """
+    raise_parked(exc)
 
 
 def _release(

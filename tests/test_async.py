@@ -454,3 +454,25 @@ def test_not_an_app() -> None:
         TypeError, match=r"flask\.Flask or quart\.Quart app, not builtins\.object"
     ):
         SessionExt().init_app(t.cast(Flask, object()))
+
+
+def test_session_closed_at_the_end_of_its_loop(app: Flask, adb: SessionExt) -> None:
+    """A view's session is closed on the view's own loop when the view
+    returns, not on a loop of the teardown's.
+    """
+    threads: list[threading.Thread] = []
+
+    def removed(sender: Flask, **kwargs: object) -> None:
+        threads.append(threading.current_thread())
+
+    @app.get("/open")
+    async def left_open() -> str:
+        await adb.async_session.execute(sa.select(User))  # a transaction stays
+        threads.append(threading.current_thread())
+        return "ok"
+
+    with signals.session_removed.connected_to(removed, app):
+        app.test_client().get("/open")
+    assert len(threads) == 2
+    assert threads[0] is threads[1]
+    assert checked_out(app) == 0

@@ -10,10 +10,13 @@ for async sessions as for sync ones. The subclass differs in one thing: it
 routes each bind to the sync engine under that bind's async engine.
 
 The session of an app context is created on first use and closed at the
-context's teardown. Under Flask the teardown is sync: a session that holds a
-transaction is closed on a loop of its own (:func:`run_to_completion`), any
-other is closed on the spot, with no I/O. Quart awaits the close. A request
-that never used the async session pays one test of an empty dict.
+context's teardown. Under Flask the teardown is sync, and comes after the
+view's loop has closed: a session created on a loop is closed at the end of
+that loop, on it (unless it must commit at teardown); one that the teardown
+still finds is closed on a loop of its own (:func:`run_to_completion`) if it
+holds a transaction, else on the spot, with no I/O. Quart awaits the close
+in its teardown. A request that never used the async session pays one test
+of an empty dict.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
 )
 
-from .._config.settings import Settings
+from .._config.settings import Settings, commit_on_teardown
 from .._engines.async_engines import AsyncEngines, create_async_engines
 from .._receivers.calls import report
 from ..signals import session_created, session_removed
@@ -105,6 +108,10 @@ class AsyncState:
         #: async session; and the sessions created in the block.
         self.joined: dict[str | None, AsyncConnection] | None = None
         self.joined_sessions: list[AsyncSession] = []
+        #: Whether each view runs on a loop of its own (Flask).
+        self.threads = threads
+        #: The tasks that close a session at the end of its loop (Flask).
+        self.closers: set[asyncio.Task[None]] = set()
 
     def engine(self, key: str | None) -> AsyncEngine:
         """The async engine of bind ``key``.
@@ -133,7 +140,33 @@ class AsyncState:
         self.sessions[ctx] = session
         if session_created.receivers:
             report(session_created, ctx.app, session=session)
+        if self.threads and not commit_on_teardown(ctx.app):
+            self._close_with_loop(ctx, session)
         return session
+
+    def _close_with_loop(self, ctx: AppContext, session: AsyncSession) -> None:
+        """Under Flask, close ``session`` when the loop that created it ends
+        (``asyncio.run``, which asgiref runs each ``async def`` view in,
+        cancels the tasks left when the view returns), on that loop: its
+        connection goes back to the pool without a loop of its own at
+        teardown, and a session never outlives its loop.
+        """
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # created by sync code: the teardown closes it
+        task = loop.create_task(self._close_at_loop_end(ctx, session))
+        self.closers.add(task)
+        task.add_done_callback(self.closers.discard)
+
+    async def _close_at_loop_end(self, ctx: AppContext, session: AsyncSession) -> None:
+        try:
+            await asyncio.get_running_loop().create_future()  # never set
+        except asyncio.CancelledError:
+            if self.sessions.get(ctx) is session:
+                del self.sessions[ctx]
+                await self._close(ctx.app, session, None, False)
+            raise
 
     def _joined_session(self) -> AsyncSession:
         """A session of a rollback block, on the block's async connections."""
