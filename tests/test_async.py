@@ -476,3 +476,12 @@ def test_session_closed_at_the_end_of_its_loop(app: Flask, adb: SessionExt) -> N
     assert len(threads) == 2
     assert threads[0] is threads[1]
     assert checked_out(app) == 0
+
+
+def test_check_command(app: Flask, adb: SessionExt, database: str) -> None:
+    """``flask sessionext check --async`` checks the async engines too."""
+    result = app.test_cli_runner().invoke(args=["sessionext", "check", "--async"])
+    assert result.exit_code == 0, result.output
+    labels = [line.split("  ")[0].strip() for line in result.output.splitlines()]
+    assert labels == ["(default)", "other", "(default) (async)", "other (async)"]
+    assert all(database in line for line in result.output.splitlines())
