@@ -485,3 +485,29 @@ def test_check_command(app: Flask, adb: SessionExt, database: str) -> None:
     labels = [line.split("  ")[0].strip() for line in result.output.splitlines()]
     assert labels == ["(default)", "other", "(default) (async)", "other (async)"]
     assert all(database in line for line in result.output.splitlines())
+
+
+def test_liveness_check_on_async_psycopg(
+    app: Flask, adb: SessionExt, database: str
+) -> None:
+    """A pooled async psycopg connection that the server closed is replaced
+    at checkout, by the liveness check, without pool_pre_ping.
+    """
+    if database != "postgresql":
+        pytest.skip("the liveness check is psycopg's")
+    pids: list[int] = []
+
+    @app.get("/pid")
+    async def pid() -> str:
+        result = await adb.async_session.execute(sa.text("SELECT pg_backend_pid()"))
+        pids.append(result.scalar_one())
+        return "ok"
+
+    engine = async_engine(app).sync_engine
+    assert not t.cast(t.Any, engine.pool)._pre_ping
+    client = app.test_client()
+    assert client.get("/pid").status_code == 200
+    with app.extensions["sessionext"].engines[None].connect() as conn:
+        conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pids[0]})
+    assert client.get("/pid").status_code == 200
+    assert pids[1] != pids[0]

@@ -177,10 +177,11 @@ def async_url(bind: BindSettings) -> URL | None:
 def async_options(bind: BindSettings, url: URL, threads: bool) -> dict[str, t.Any]:
     """The ``create_async_engine`` options of ``bind``: its engine options,
     with the pool of this module's docstring; ``pool_pre_ping`` where the
-    sync engine has the liveness check, which reads psycopg's sync connection.
+    sync engine has the liveness check and the async driver is not psycopg
+    (whose async connections get the check too).
     """
     options = dict(bind.options)
-    if bind.liveness:
+    if bind.liveness and url.get_driver_name() != "psycopg":
         options.setdefault("pool_pre_ping", True)
     poolclass = options.get("poolclass")
     if poolclass not in (None, QueuePool):
