@@ -201,6 +201,6 @@ class AsyncMethods:
         """
         ctx = app_ctx_scope()
         state = self._get_state(ctx.app)
-        if state.async_state.sessions:
+        if state.has_async_sessions():
             await state.async_state.aremove(ctx, exc, commit_on_teardown(ctx.app))
         state.remove_session(ctx, self._session_registry(), exc)

@@ -90,31 +90,18 @@ class Runtime:
         engines = create_engines(settings)
         prepare_engines(engines)
         sessionmaker = make_sessionmaker(settings, engines)
-        #: The async engines, sessionmaker and sessions (one loop per view
-        #: and thread under Flask, one loop under Quart).
-        self.async_state = AsyncState(
-            settings, sessionmaker.class_, threads=not is_quart(app)
-        )
         # What SQLAlchemy holds of the app goes with it: its listeners (see
         # Listeners.remove_all) and its pools' connections.
-        weakref.finalize(
-            app,
-            _release,
-            listeners,
-            list(engines.values()),
-            list(self.async_state.engines.values()),
-        )
+        weakref.finalize(app, _release, listeners, list(engines.values()))
         self.app = weakref.ref(app)
         self.extension = extension
         self.settings = settings
         #: The app's engines by bind key, a read-only mapping.
         self.engines: Mapping[str | None, sa.Engine] = MappingProxyType(dict(engines))
-        #: Every engine whose events the features listen to, with its bind
-        #: key: the engines, then the sync engines under the async engines.
-        self.all_engines: tuple[tuple[str | None, sa.Engine], ...] = (
-            *engines.items(),
-            *self.async_state.sync_engines,
-        )
+        #: The async side, made at its first use (see :attr:`async_state`).
+        self._async_state: AsyncState | None = None
+        #: Whether a rollback block runs (see :meth:`join_async`).
+        self._joining_async = False
         self.sessionmaker = sessionmaker
         self.session_class: type[Session] = sessionmaker.class_
         self.listeners = listeners
@@ -143,6 +130,53 @@ class Runtime:
         #: Re-entrant: a receiver connected by code that a refresh runs (a
         #: listener firing during an install) refreshes again, on this thread.
         self._locks: dict[int, threading.RLock] = {}
+
+    @property
+    def async_state(self) -> AsyncState:
+        """The async engines, sessionmaker and sessions of the app (one loop
+        per view and thread under Flask, one loop under Quart), created at
+        their first use: an app that never uses them pays nothing for them.
+        The features then install on the async engines what they installed
+        on the app's engines.
+        """
+        state = self._async_state
+        if state is not None:
+            return state
+        app = self.app()
+        if app is None:
+            raise RuntimeError("The app of this runtime is gone.")
+        with process_lock(self._locks):
+            if self._async_state is None:
+                state = AsyncState(
+                    self.settings, self.session_class, threads=not is_quart(app)
+                )
+                weakref.finalize(app, _release_async, list(state.engines.values()))
+                for feature in self.features:
+                    feature.add_engines(app, state.sync_engines)
+                if self._joining_async:
+                    state.begin_join()
+                self._async_state = state
+            return self._async_state
+
+    def has_async_sessions(self) -> bool:
+        """Whether an app context of the app has an async session now."""
+        return self._async_state is not None and bool(self._async_state.sessions)
+
+    @contextmanager
+    def join_async(self) -> Iterator[None]:
+        """Join the async sessions created in the block (the async side's
+        :meth:`~.AsyncState.begin_join`), also when the async side is made
+        during the block.
+        """
+        self._joining_async = True
+        if self._async_state is not None:
+            self._async_state.begin_join()
+        try:
+            yield
+        finally:
+            self._joining_async = False
+            if self._async_state is not None:
+                self._async_state.end_join()
 
     def feature(self, cls: type[_F]) -> _F:
         """The app's feature of class ``cls``.
@@ -301,8 +335,9 @@ class Runtime:
         Also the safe point at which listeners of garbage-collected receivers go.
         """
         app = ctx.app
-        if self.async_state.sessions:  # only apps that used one pay for it
-            self.async_state.remove(ctx, exc, commit_on_teardown(app))
+        if self._async_state is not None and self._async_state.sessions:
+            # Only apps that used one pay for it.
+            self._async_state.remove(ctx, exc, commit_on_teardown(app))
         if self.streams:
             stream = self.streams.pop(ctx, None)
             if stream == "streaming":  # the body has yet to stream
@@ -381,14 +416,18 @@ async def raise_parked_async(exc: BaseException | None = None) -> None:
     raise_parked(exc)
 
 
-def _release(
-    listeners: Listeners, engines: list[sa.Engine], async_engines: list[AsyncEngine]
-) -> None:
+def _release(listeners: Listeners, engines: list[sa.Engine]) -> None:
     """Remove the listeners, and close the pooled connections, of an app that
     was garbage-collected.
     """
     listeners.remove_all()
     for engine in engines:
         engine.dispose()
+
+
+def _release_async(async_engines: list[AsyncEngine]) -> None:
+    """Close the pooled connections of the async engines of an app that was
+    garbage-collected.
+    """
     if async_engines:
         run_to_completion(dispose_async(async_engines))

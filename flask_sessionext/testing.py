@@ -180,7 +180,7 @@ def rollback(app: Flask) -> Iterator[Flask]:
             stack.callback(state.listeners.remove, target, identifier, handler)
         stack.callback(block.close)
         # Exits first: the block's async sessions close on their connections.
-        stack.enter_context(state.async_state.join())
+        stack.enter_context(state.join_async())
         yield app
 
 

@@ -406,7 +406,7 @@ def test_rollback_fixture(
 
 def test_sync_requests_pay_nothing(app: Flask, adb: SessionExt) -> None:
     """A Flask app gets no async teardown, and a sync request creates no async
-    session.
+    engine nor session.
     """
 
     @app.get("/sync")
@@ -418,7 +418,9 @@ def test_sync_requests_pay_nothing(app: Flask, adb: SessionExt) -> None:
     assert not any(
         inspect.iscoroutinefunction(func) for func in app.teardown_appcontext_funcs
     )
-    assert app.extensions["sessionext"].async_state.sessions == {}
+    runtime = app.extensions["sessionext"]
+    assert runtime._async_state is None  # no async engine was even created
+    assert not runtime.has_async_sessions()
 
 
 def test_outside_app_context(adb: SessionExt) -> None:
@@ -511,3 +513,25 @@ def test_liveness_check_on_async_psycopg(
         conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pids[0]})
     assert client.get("/pid").status_code == 200
     assert pids[1] != pids[0]
+
+
+def test_signals_connected_before_the_async_engines(
+    app: Flask, adb: SessionExt
+) -> None:
+    """Engine listeners installed before the async engines exist are
+    installed on them when they are created.
+    """
+    statements: list[object] = []
+
+    def receive(sender: Flask, **kwargs: object) -> None:
+        statements.append(kwargs["bind_key"])
+
+    @app.get("/select")
+    async def select() -> str:
+        await adb.async_session.execute(sa.select(User))
+        return "ok"
+
+    assert app.extensions["sessionext"]._async_state is None
+    with signals.before_cursor_execute.connected_to(receive, app):
+        app.test_client().get("/select")
+    assert statements == [None]

@@ -56,8 +56,14 @@ class Liveness(Feature):
 
     def start(self, app: Flask) -> None:
         """Check the connections of each engine whose settings say so."""
+        self.add_engines(app, list(self.parts.engines.items()))
+
+    def add_engines(
+        self, app: Flask, engines: t.Sequence[tuple[str | None, sa.Engine]]
+    ) -> None:
+        """Check the connections of each of ``engines`` whose settings say so."""
         settings = self.parts.settings
-        for key, engine in self.parts.all_engines:
+        for key, engine in engines:
             # The sync engine under an async one too: psycopg's async
             # connection has the sync one's state and socket.
             if settings.binds[key].liveness and engine.dialect.driver == "psycopg":

@@ -203,8 +203,14 @@ class SqliteTransactions(Feature):
 
     def start(self, app: Flask) -> None:
         """Set each SQLite engine's PRAGMAs, and apply the fix where needed."""
+        self.add_engines(app, list(self.parts.engines.items()))
+
+    def add_engines(
+        self, app: Flask, engines: t.Sequence[tuple[str | None, sa.Engine]]
+    ) -> None:
+        """Set the PRAGMAs of ``engines``, and apply the fix where needed."""
         binds = self.parts.settings.binds
-        for key, engine in self.parts.all_engines:
+        for key, engine in engines:
             pragmas = binds[key].pragmas
             if pragmas:
                 self.listen(engine, "connect", pragmas_on_connect(pragmas))

@@ -76,12 +76,6 @@ class Parts(t.Protocol):
         """The app's engines by bind key."""
 
     @property
-    def all_engines(self) -> Sequence[tuple[str | None, sa.Engine]]:
-        """Every engine whose events the features listen to, with its bind
-        key: the app's engines, then the sync engines under its async ones.
-        """
-
-    @property
     def listeners(self) -> Listeners:
         """Where features add and remove their SQLAlchemy listeners."""
 
@@ -143,6 +137,14 @@ class Feature:
 
     def start(self, app: Flask) -> None:
         """Install what the settings turn on, at the end of ``init_app``."""
+
+    def add_engines(
+        self, app: Flask, engines: Sequence[tuple[str | None, sa.Engine]]
+    ) -> None:
+        """Install on ``engines`` (the sync engines under the app's async
+        engines, created at their first use, after :meth:`start`) what
+        :meth:`start` and the receivers installed on the app's engines.
+        """
 
     def refresh(self, app: Flask) -> None:
         """Bring the listeners in line with the receivers for ``app``, after

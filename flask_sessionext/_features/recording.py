@@ -132,12 +132,18 @@ class Recorder(Feature):
         ``after_request`` function that the settings need, and nothing when
         all features are off.
         """
-        if self.active:
-            app_ref = weakref.ref(app)
-            for bind_key, engine in self.parts.all_engines:
-                _time_driver_calls(self, app_ref, bind_key, engine.dialect)
+        self.add_engines(app, list(self.parts.engines.items()))
         if self.server_timing:
             app.after_request(_add_server_timing)
+
+    def add_engines(
+        self, app: Flask, engines: t.Sequence[tuple[str | None, sa.Engine]]
+    ) -> None:
+        """Time the driver calls of ``engines`` when a feature needs it."""
+        if self.active:
+            app_ref = weakref.ref(app)
+            for bind_key, engine in engines:
+                _time_driver_calls(self, app_ref, bind_key, engine.dialect)
 
     def refresh(self, app: Flask) -> None:
         """Note whether a slow query has a receiver that may raise."""

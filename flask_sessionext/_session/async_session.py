@@ -25,8 +25,7 @@ import asyncio
 import contextvars
 import threading
 import typing as t
-from collections.abc import Coroutine, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Coroutine, Mapping
 from types import MappingProxyType
 
 import sqlalchemy as sa
@@ -185,25 +184,26 @@ class AsyncState:
         self.joined_sessions.append(session)
         return session
 
-    @contextmanager
-    def join(self) -> Iterator[None]:
-        """Join the async sessions created in the block to one outer
+    def begin_join(self) -> None:
+        """Join the async sessions created from now on to one outer
         transaction per bind, as :func:`flask_sessionext.testing.rollback`
-        does for sync sessions, and at its end close them and roll back.
+        does for sync sessions (until :meth:`end_join`).
         """
         self.joining = True
-        try:
-            yield
-        finally:
-            self.joining = False
-            sessions, self.joined_sessions = self.joined_sessions, []
-            for ctx, session in list(self.sessions.items()):
-                if session in sessions:
-                    del self.sessions[ctx]
-            joined, self.joined = self.joined, None
-            self.session_class._sessionext_router.stand_ins = {}
-            if joined is not None:
-                run_to_completion(_end_joined(sessions, joined))
+
+    def end_join(self) -> None:
+        """Close the sessions of the block, and roll back and close its
+        outer connections.
+        """
+        self.joining = False
+        sessions, self.joined_sessions = self.joined_sessions, []
+        for ctx, session in list(self.sessions.items()):
+            if session in sessions:
+                del self.sessions[ctx]
+        joined, self.joined = self.joined, None
+        self.session_class._sessionext_router.stand_ins = {}
+        if joined is not None:
+            run_to_completion(_end_joined(sessions, joined))
 
     def remove(self, ctx: AppContext, exc: BaseException | None, commit: bool) -> None:
         """At the sync teardown of ``ctx`` (Flask): commit its session when
