@@ -5,9 +5,10 @@ views.
 Each bind gets an :class:`~sqlalchemy.ext.asyncio.AsyncEngine` on the async
 driver of its URL (:data:`ASYNC_DRIVERS`), or on the bind's own async URL
 (``SESSIONEXT_ASYNC_DATABASE_URI``, a bind's ``async_url``), with the bind's
-engine options. They are created in ``init_app`` with the sync engines,
-opening no connection; a bind whose async driver is not installed gets no
-async engine, and using it raises an error that says what to install.
+engine options. They are created at the first use of the app's async side
+(see ``Runtime.async_state``), opening no connection; a bind whose async
+driver is not installed gets no async engine, and using it raises an error
+that says what to install.
 
 **The pool.** Flask runs each ``async def`` view on an event loop of its
 own, in a thread of its own (asgiref), and closes the loop when the view
