@@ -23,7 +23,7 @@ from flask import Flask, current_app, g
 
 from flask_sessionext import SessionExt
 
-from . import audit, live, pages, pool_stats, timing, views
+from . import api, audit, live, pages, pool_stats, timing, views
 from .cli import cli
 from .flush_log import FlushLogger
 from .models import Base, Task, User
@@ -62,6 +62,7 @@ def create_app(config: t.Mapping[str, t.Any] | None = None) -> Flask:
     pages.init_app(app)
     live.init_app(app)
     app.register_blueprint(views.bp)
+    app.register_blueprint(api.bp)
     app.cli.add_command(cli)
     return app
 

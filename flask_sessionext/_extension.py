@@ -10,14 +10,18 @@ import sqlalchemy as sa
 import sqlalchemy.exc as sa_exc
 import sqlalchemy.orm as orm
 from flask import Flask, abort
+from flask.sansio.app import App
+from sqlalchemy.util import ScopedRegistry
 
 from . import pagination
 from ._config.settings import read_settings
 from ._engines.sqlite_transactions import explain, take_write_locks
+from ._extension_async import AsyncMethods
 from ._features.outbox import outbox_metadata
 from ._receivers.listener_objects import Registration, connect_methods
 from ._runtime import Runtime
 from ._session import tables as _tables
+from ._session.frameworks import check_app, is_quart
 from ._session.integer_range import ident_out_of_range, statement_out_of_range
 from ._session.session import Session, app_ctx_scope, engine_for_key
 from ._session.shell import shell_context
@@ -30,9 +34,10 @@ _O = t.TypeVar("_O")
 _DEPTH = "sessionext.transaction_depth"
 
 
-class SessionExt:
+class SessionExt(AsyncMethods):
     """A SQLAlchemy session scoped to the Flask application context, and
-    SQLAlchemy's events as Blinker signals sent by the app.
+    SQLAlchemy's events as Blinker signals sent by the app. A Quart app is
+    served as a Flask app is; the async methods are in :doc:`/async`.
 
     Create it once, and call :meth:`init_app` in the application factory;
     one instance may serve several apps, each with its own engines and
@@ -65,7 +70,7 @@ class SessionExt:
 
     def __init__(
         self,
-        app: Flask | None = None,
+        app: App | None = None,
         *,
         engine_options: Mapping[str, t.Any] | None = None,
         session_options: Mapping[str, t.Any] | None = None,
@@ -93,20 +98,24 @@ class SessionExt:
     def __repr__(self) -> str:
         return f"<{type(self).__name__}>"
 
-    def init_app(self, app: Flask) -> None:
+    def init_app(self, app: App) -> None:
         """Create the app's engines and sessionmaker, and remove the session
         when each of its application contexts ends. Opens no connection.
 
         The ``SESSIONEXT_*`` keys of ``app.config`` are read and checked
         here, so a bad URL or option fails when the app starts.
 
-        :param app: the Flask app to serve.
+        :param app: the Flask (or Quart) app to serve.
+        :raise TypeError: ``app`` is neither a Flask nor a Quart app.
         :raise RuntimeError: the app already has a :class:`SessionExt`.
         :raise ValueError: a configuration value is not accepted.
         :raise TypeError: a configuration value has the wrong type.
         :raise KeyError: a table of ``metadata`` names a bind key that is not
             configured.
         """
+        check_app(app)
+        # A Quart app is served as a Flask app: the runtime uses what both have.
+        app = t.cast(Flask, app)
         if "sessionext" in app.extensions:
             raise RuntimeError(
                 f"The Flask app {app.name!r} already has a SessionExt; an app"
@@ -122,7 +131,10 @@ class SessionExt:
         # Its engines, sessionmaker and features; it opens no connection.
         runtime = Runtime(app, self, settings)
         app.extensions["sessionext"] = runtime
-        app.teardown_appcontext(self._teardown_session)
+        if is_quart(app):  # Quart awaits an async teardown on its loop
+            app.teardown_appcontext(self._teardown_session_async)
+        else:
+            app.teardown_appcontext(self._teardown_session)
         app.cli.add_command(cli)
         app.shell_context_processor(lambda: shell_context(self, self._metadata))
         runtime.start(app)
@@ -142,6 +154,9 @@ class SessionExt:
     def _make_session(self, **kwargs: t.Any) -> Session:
         ctx = app_ctx_scope()
         return self._get_state(ctx.app).create_session(ctx, **kwargs)
+
+    def _session_registry(self) -> ScopedRegistry[Session]:
+        return self._session.registry
 
     def _teardown_session(self, exc: BaseException | None) -> None:
         ctx = app_ctx_scope()

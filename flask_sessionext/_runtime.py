@@ -27,6 +27,7 @@ import sqlalchemy.orm as orm
 from blinker import ANY, NamedSignal
 from flask import Flask, Response, after_this_request, has_request_context
 from flask.ctx import AppContext
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util import ScopedRegistry
 
 from ._config.settings import Settings, commit_on_teardown
@@ -42,6 +43,8 @@ from ._features.changes import ModelChanges, OnCommit
 from ._features.recording import Recorder
 from ._receivers.calls import raise_parked, report
 from ._receivers.checks import collected, report_collected
+from ._session.async_session import AsyncState, dispose_async, run_to_completion
+from ._session.frameworks import is_quart
 from ._session.session import (
     OPERATIONS,
     Session,
@@ -95,6 +98,10 @@ class Runtime:
         self.settings = settings
         #: The app's engines by bind key, a read-only mapping.
         self.engines: Mapping[str | None, sa.Engine] = MappingProxyType(dict(engines))
+        #: The async side, made at its first use (see :attr:`async_state`).
+        self._async_state: AsyncState | None = None
+        #: Whether a rollback block runs (see :meth:`join_async`).
+        self._joining_async = False
         self.sessionmaker = sessionmaker
         self.session_class: type[Session] = sessionmaker.class_
         self.listeners = listeners
@@ -124,6 +131,53 @@ class Runtime:
         #: listener firing during an install) refreshes again, on this thread.
         self._locks: dict[int, threading.RLock] = {}
 
+    @property
+    def async_state(self) -> AsyncState:
+        """The async engines, sessionmaker and sessions of the app (one loop
+        per view and thread under Flask, one loop under Quart), created at
+        their first use: an app that never uses them pays nothing for them.
+        The features then install on the async engines what they installed
+        on the app's engines.
+        """
+        state = self._async_state
+        if state is not None:
+            return state
+        app = self.app()
+        if app is None:
+            raise RuntimeError("The app of this runtime is gone.")
+        with process_lock(self._locks):
+            if self._async_state is None:
+                state = AsyncState(
+                    self.settings, self.session_class, threads=not is_quart(app)
+                )
+                weakref.finalize(app, _release_async, list(state.engines.values()))
+                for feature in self.features:
+                    feature.add_engines(app, state.sync_engines)
+                if self._joining_async:
+                    state.begin_join()
+                self._async_state = state
+            return self._async_state
+
+    def has_async_sessions(self) -> bool:
+        """Whether an app context of the app has an async session now."""
+        return self._async_state is not None and bool(self._async_state.sessions)
+
+    @contextmanager
+    def join_async(self) -> Iterator[None]:
+        """Join the async sessions created in the block (the async side's
+        :meth:`~.AsyncState.begin_join`), also when the async side is made
+        during the block.
+        """
+        self._joining_async = True
+        if self._async_state is not None:
+            self._async_state.begin_join()
+        try:
+            yield
+        finally:
+            self._joining_async = False
+            if self._async_state is not None:
+                self._async_state.end_join()
+
     def feature(self, cls: type[_F]) -> _F:
         """The app's feature of class ``cls``.
 
@@ -148,10 +202,14 @@ class Runtime:
         """Subscribe to receiver changes, start each feature as the settings
         say, and install what the receivers already connected need.
         """
-        if raise_parked not in app.teardown_appcontext_funcs:
-            # First in the list, so Flask runs it last, once the session of the
-            # app context has been closed and its connection returned.
-            app.teardown_appcontext_funcs.insert(0, raise_parked)
+        if not {raise_parked, raise_parked_async} & {*app.teardown_appcontext_funcs}:
+            # Run last, once the session of the app context has been closed
+            # and its connection returned: Flask runs the list in reverse,
+            # Quart in order.
+            if is_quart(app):
+                app.teardown_appcontext_funcs.append(raise_parked_async)
+            else:
+                app.teardown_appcontext_funcs.insert(0, raise_parked)
         for signal in namespace.values():
             # Weakly: Blinker forgets the subscription when the app and its
             # runtime are gone.
@@ -287,6 +345,9 @@ class Runtime:
         Also the safe point at which listeners of garbage-collected receivers go.
         """
         app = ctx.app
+        if self._async_state is not None and self._async_state.sessions:
+            # Only apps that used one pay for it.
+            self._async_state.remove(ctx, exc, commit_on_teardown(app))
         if self.streams:
             stream = self.streams.pop(ctx, None)
             if stream == "streaming":  # the body has yet to stream
@@ -358,6 +419,13 @@ class Runtime:
             self.sessionmaker.kw.update(saved)
 
 
+async def raise_parked_async(exc: BaseException | None = None) -> None:
+    """:func:`raise_parked` for Quart, which would run a sync teardown
+    function in a worker thread, at every request.
+    """
+    raise_parked(exc)
+
+
 def _release(listeners: Listeners, engines: list[sa.Engine]) -> None:
     """Remove the listeners, and close the pooled connections, of an app that
     was garbage-collected.
@@ -365,3 +433,11 @@ def _release(listeners: Listeners, engines: list[sa.Engine]) -> None:
     listeners.remove_all()
     for engine in engines:
         engine.dispose()
+
+
+def _release_async(async_engines: list[AsyncEngine]) -> None:
+    """Close the pooled connections of the async engines of an app that was
+    garbage-collected.
+    """
+    if async_engines:
+        run_to_completion(dispose_async(async_engines))

@@ -7,6 +7,7 @@ SQLAlchemy changes one of them.
 from __future__ import annotations
 
 import importlib
+import threading
 import typing as t
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -15,6 +16,8 @@ import sqlalchemy as sa
 from sqlalchemy import orm
 from sqlalchemy.engine.base import OptionEngine, RootTransaction
 from sqlalchemy.engine.events import ConnectionEvents, DialectEvents
+
+_T = t.TypeVar("_T")
 
 
 class Block(t.Protocol):
@@ -206,3 +209,63 @@ class JoinedEngine(OptionEngine):
 
 
 JoinedEngine._option_cls = JoinedEngine
+
+
+def thread_safe_queue() -> type[t.Any]:
+    """The thread-safe queue class of ``QueuePool``
+    (``sqlalchemy.util.queue.Queue``), for the pool of async engines under
+    Flask (:class:`~._engines.async_engines.ThreadedAsyncPool`):
+    ``AsyncAdaptedQueuePool``'s ``asyncio.Queue`` is for one loop in one
+    thread, and SQLAlchemy has no public pool for connections that loops of
+    several threads use in turn.
+    """
+    queue = importlib.import_module("sqlalchemy.util.queue")
+    cls: type[t.Any] = queue.Queue
+    return cls
+
+
+def async_pool_dialect() -> t.Any:
+    """What ``AsyncAdaptedQueuePool`` resets and closes its connections
+    with (``_dialect``, an ``_AsyncConnDialect``): without it, a pool of an
+    async engine that was not made by the engine's dialect could not close
+    an async driver's connection.
+    """
+    from sqlalchemy.pool import AsyncAdaptedQueuePool
+
+    return AsyncAdaptedQueuePool._dialect
+
+
+def in_greenlet() -> bool:
+    """Whether the code runs in the greenlet in which SQLAlchemy's asyncio
+    extension runs a sync session's work (``sqlalchemy.util.in_greenlet``):
+    there, :func:`await_in_greenlet` waits for a coroutine on the running
+    loop. SQLAlchemy documents the pair for its own dialects only.
+    """
+    from sqlalchemy.util import concurrency
+
+    return bool(concurrency.in_greenlet())
+
+
+def await_in_greenlet(awaitable: t.Awaitable[_T]) -> _T:
+    """Wait for ``awaitable`` on the running loop, from sync code in the
+    greenlet of an async session (``sqlalchemy.util.await_only``, the name
+    that SQLAlchemy 2.0 and 2.1 both have).
+    """
+    from sqlalchemy.util import concurrency
+
+    result: _T = concurrency.await_only(awaitable)
+    return result
+
+
+def lock_first_connect_with_threads(pool: sa.Pool) -> None:
+    """Make the connections of ``pool`` that threads open together wait for
+    the first one's ``connect`` listeners (the dialect's initialisation)
+    with a thread lock.
+
+    SQLAlchemy makes that lock (the ``_exec_once_mutex`` of the pool's
+    ``connect`` listeners) an ``asyncio.Lock`` for a pool of an async
+    engine, which belongs to one loop; the connections of a Flask app's
+    async engine are opened by the loops of several threads.
+    """
+    collection: t.Any = pool.dispatch.connect.for_modify(pool.dispatch)
+    collection._exec_once_mutex = threading.Lock()

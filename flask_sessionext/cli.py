@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import typing as t
@@ -13,6 +14,7 @@ import sqlalchemy as sa
 from flask import Flask, current_app
 from flask.cli import AppGroup
 from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ._config.passwords import mask_url
 from ._features.outbox import OUTBOX, TICKS, count, outbox_metadata, prune
@@ -57,26 +59,38 @@ def signals_command(connected: bool) -> None:
 
 
 @cli.command("check")
-def check_command() -> None:
+@click.option(
+    "--async",
+    "check_async",
+    is_flag=True,
+    help="Check the async engine of every bind too.",
+)
+def check_command(check_async: bool) -> None:
     """Connect to every bind of this app and run a trivial statement; print
     each bind's URL, dialect, server version and round trip. Exits with
-    status 1 when a bind fails.
+    status 1 when a bind fails. With --async, the async engines too.
     """
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
-    engines: t.Mapping[str | None, sa.Engine] = app.extensions["sessionext"].engines
+    runtime = app.extensions["sessionext"]
+    engines: list[tuple[str | None, str, sa.Engine | AsyncEngine]] = [
+        (key, "", engine) for key, engine in runtime.engines.items()
+    ]
     rows: list[tuple[str, ...]] = []
     errors: list[str] = []
-    for key, engine in engines.items():
-        label = "(default)" if key is None else key
+    if check_async:
+        state = runtime.async_state
+        engines += [(key, " (async)", engine) for key, engine in state.engines.items()]
+        errors += list(state.missing.values())
+    for key, suffix, engine in engines:
+        label = ("(default)" if key is None else key) + suffix
         try:
-            with engine.connect() as conn:
-                conn.execute(_TRIVIAL).scalar()  # connects, and compiles
-                start = perf_counter()
-                conn.execute(_TRIVIAL).scalar()
-                elapsed = perf_counter() - start
-                info = conn.dialect.server_version_info
+            if isinstance(engine, AsyncEngine):
+                elapsed, info = asyncio.run(_round_trip_async(engine))
+            else:
+                elapsed, info = _round_trip(engine)
         except Exception as e:
             name = "the default bind" if key is None else f"bind {key!r}"
+            name += " (async engine)" if suffix else ""
             errors.append(
                 f"Cannot connect to {name} ({mask_url(engine.url)}):"
                 f" {_describe(e, engine.url)}"
@@ -100,6 +114,27 @@ def check_command() -> None:
         click.echo(f"Error: {error}", err=True)
     if errors:
         raise click.exceptions.Exit(1)
+
+
+def _round_trip(engine: sa.Engine) -> tuple[float, t.Any]:
+    """Seconds of a trivial statement on ``engine``, and the server's version."""
+    with engine.connect() as conn:
+        conn.execute(_TRIVIAL).scalar()  # connects, and compiles
+        start = perf_counter()
+        conn.execute(_TRIVIAL).scalar()
+        return perf_counter() - start, conn.dialect.server_version_info
+
+
+async def _round_trip_async(engine: AsyncEngine) -> tuple[float, t.Any]:
+    """:func:`_round_trip` on an async engine, which it disposes after."""
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(_TRIVIAL)
+            start = perf_counter()
+            await conn.execute(_TRIVIAL)
+            return perf_counter() - start, conn.dialect.server_version_info
+    finally:
+        await engine.dispose()  # its connections belong to this loop
 
 
 def _schema(app: Flask) -> dict[str | None, list[sa.MetaData]]:

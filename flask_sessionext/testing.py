@@ -21,6 +21,7 @@ import blinker
 import sqlalchemy as sa
 import sqlalchemy.orm as orm
 from flask import Flask
+from flask.sansio.app import App
 
 from ._sqlalchemy_private import JoinedConnection, JoinedEngine
 
@@ -178,6 +179,8 @@ def rollback(app: Flask) -> Iterator[Flask]:
             state.listeners.add(target, identifier, handler)
             stack.callback(state.listeners.remove, target, identifier, handler)
         stack.callback(block.close)
+        # Exits first: the block's async sessions close on their connections.
+        stack.enter_context(state.join_async())
         yield app
 
 
@@ -211,7 +214,7 @@ else:
 
 @contextmanager
 def capture_signal(
-    signal: blinker.Signal, app: Flask | None = None
+    signal: blinker.Signal, app: App | None = None
 ) -> Iterator[list[tuple[t.Any, dict[str, t.Any]]]]:
     """Record what ``signal`` sends during the block: yields a list that gets
     ``(sender, kwargs)`` for each send, in order. The receiver is connected

@@ -4,6 +4,8 @@ answers to bad input.
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 import sqlalchemy as sa
 from flask import Flask
@@ -159,3 +161,24 @@ def test_layout_has_an_icon(example: Flask) -> None:  # noqa: F811
     """
     html = example.test_client().get("/tasks").text
     assert '<link rel="icon" href="data:image/svg+xml,' in html
+
+
+def test_async_endpoint(example: Flask) -> None:  # noqa: F811
+    """The async endpoint reads the board through db.async_session, and
+    answers 404 for a missing task.
+    """
+    client = example.test_client()
+    try:
+        tasks = client.get("/api/tasks").json["tasks"]  # type: ignore[index]
+        assert tasks
+        first = tasks[0]
+        assert client.get(f"/api/tasks/{first['id']}").json == first
+        assert client.get("/api/tasks/99999").status_code == 404
+    finally:
+        engines = list(example.extensions["sessionext"].async_state.engines.values())
+
+        async def dispose() -> None:
+            for engine in engines:
+                await engine.dispose()
+
+        asyncio.run(dispose())

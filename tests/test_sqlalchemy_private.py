@@ -4,6 +4,8 @@ on still mean what it takes them to mean; a failure here names the change.
 
 from __future__ import annotations
 
+import typing as t
+
 import pytest
 import sqlalchemy as sa
 from flask import Flask
@@ -138,3 +140,51 @@ def test_joined_connection_names(name: str) -> None:
     )
     assert "_connection_cls" in vars(sa.Engine)
     assert "_option_cls" in vars(sa.Engine)
+
+
+def test_async_pool_names() -> None:
+    """``sqlalchemy.util.queue.Queue`` is a thread-safe queue class,
+    ``AsyncAdaptedQueuePool._dialect`` closes async connections, and a pool's
+    ``connect`` listeners keep the first-connect lock they are given.
+    """
+    from flask_sessionext._sqlalchemy_private import (
+        async_pool_dialect,
+        lock_first_connect_with_threads,
+        thread_safe_queue,
+    )
+
+    queue = thread_safe_queue()(maxsize=1)
+    queue.put(1)
+    assert queue.get() == 1, "update _sqlalchemy_private.thread_safe_queue"
+    assert hasattr(async_pool_dialect(), "do_close"), (
+        "update _sqlalchemy_private.async_pool_dialect"
+    )
+    pool = sa.pool.NullPool(t.cast(t.Any, lambda: None))
+    lock_first_connect_with_threads(pool)
+    collection: t.Any = pool.dispatch.connect.for_modify(pool.dispatch)
+    assert collection._get_exec_once_mutex() is collection._exec_once_mutex, (
+        "update _sqlalchemy_private.lock_first_connect_with_threads"
+    )
+
+
+def test_greenlet_names() -> None:
+    """``sqlalchemy.util`` tells whether code runs in an async session's
+    greenlet, and awaits a coroutine from there.
+    """
+    import asyncio
+
+    from sqlalchemy.util.concurrency import greenlet_spawn
+
+    from flask_sessionext._sqlalchemy_private import await_in_greenlet, in_greenlet
+
+    async def three() -> int:
+        return 3
+
+    def in_session() -> tuple[bool, int]:
+        return in_greenlet(), await_in_greenlet(three())
+
+    async def main() -> tuple[bool, int]:
+        return await greenlet_spawn(in_session)
+
+    assert not in_greenlet()
+    assert asyncio.run(main()) == (True, 3)

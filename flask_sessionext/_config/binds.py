@@ -52,6 +52,10 @@ class BindSettings:
     pragmas: Mapping[str, str] = dataclasses.field(
         default_factory=lambda: MappingProxyType({})
     )
+    #: The URL of the bind's async engine, when the config names one
+    #: (``SESSIONEXT_ASYNC_DATABASE_URI``, or the bind's ``async_url``);
+    #: else :mod:`.._engines.async_engines` derives it from :attr:`url`.
+    async_url: URL | None = None
 
 
 def merge_options(
@@ -131,7 +135,19 @@ def read_binds(
         default_uri = "sqlite:///app.sqlite3"
     where = "SESSIONEXT_DATABASE_URI"
     url = _check_url_type(where, default_uri)
-    raw = [_RawBind(None, where, url, dict(base), dict(base_origins))]
+    raw = [
+        _RawBind(
+            None,
+            where,
+            url,
+            dict(base),
+            dict(base_origins),
+            _async_url(
+                "SESSIONEXT_ASYNC_DATABASE_URI",
+                config.get("SESSIONEXT_ASYNC_DATABASE_URI"),
+            ),
+        )
+    ]
     for key, value in binds.items():
         where = f"SESSIONEXT_BINDS[{key!r}]"
         if not isinstance(key, str):
@@ -149,10 +165,15 @@ def read_binds(
             )
         check_names(where, value)
         url = _check_url_type(f"{where}['url']", value["url"])
-        own = {name: option for name, option in value.items() if name != "url"}
+        own = {
+            name: option
+            for name, option in value.items()
+            if name not in ("url", "async_url")
+        }
         options = {**base, **own}
         origins = {**base_origins, **dict.fromkeys(own, f"'{where}'")}
-        raw.append(_RawBind(key, where, url, options, origins))
+        async_url = _async_url(f"{where}['async_url']", value.get("async_url"))
+        raw.append(_RawBind(key, where, url, options, origins, async_url))
 
     return [_bind(app, bind, ping_after_idle) for bind in raw]
 
@@ -162,11 +183,40 @@ def _check_url_type(where: str, value: object) -> str | URL:
         return value
     accepted = (
         "a URL string or a dict with a 'url' key"
-        if where.startswith("SESSIONEXT_BINDS") and not where.endswith("['url']")
+        # A bind itself, not its 'url' or 'async_url'.
+        if where.startswith("SESSIONEXT_BINDS") and where.count("[") == 1
         else "a URL string or a sqlalchemy.engine.URL"
     )
     # The type only: the repr of a list or a tuple may hold a password.
     raise TypeError(f"'{where}' must be {accepted}, not {type(value).__name__}.")
+
+
+def _async_url(where: str, value: object) -> URL | None:
+    """The async URL that ``where`` names, parsed; ``None`` when unset.
+
+    :raise TypeError: it is not a string or a URL.
+    :raise ValueError: it cannot be parsed.
+    """
+    if value is None or value == "":
+        return None
+    return _parse_url(where, _check_url_type(where, value))
+
+
+def _parse_url(where: str, raw_url: str | URL) -> URL:
+    """``raw_url`` parsed.
+
+    :raise ValueError: it cannot be parsed.
+    """
+    try:
+        return sa.make_url(raw_url)
+    except (sa_exc.ArgumentError, ValueError):
+        # Not chained: SQLAlchemy's message may quote the URL, password included.
+        raise ValueError(
+            f"'{where}' is not a valid database URL: {mask_url(raw_url)!r}."
+            " Give 'dialect[+driver]://user:password@host[:port]/database',"
+            " for example 'sqlite:///app.sqlite3' or"
+            " 'postgresql+psycopg://user:password@127.0.0.1/app'."
+        ) from None
 
 
 class _RawBind(t.NamedTuple):
@@ -177,6 +227,7 @@ class _RawBind(t.NamedTuple):
     url: str | URL
     options: dict[str, t.Any]
     origins: dict[str, str]
+    async_url: URL | None = None
 
 
 def _bind(app: Flask, raw: _RawBind, ping_after_idle: float) -> BindSettings:
@@ -188,17 +239,8 @@ def _bind(app: Flask, raw: _RawBind, ping_after_idle: float) -> BindSettings:
 
     :raise ValueError: the URL cannot be parsed.
     """
-    key, where, raw_url, options, origins = raw
-    try:
-        url = sa.make_url(raw_url)
-    except (sa_exc.ArgumentError, ValueError):
-        # Not chained: SQLAlchemy's message may quote the URL, password included.
-        raise ValueError(
-            f"'{where}' is not a valid database URL: {mask_url(raw_url)!r}."
-            " Give 'dialect[+driver]://user:password@host[:port]/database',"
-            " for example 'sqlite:///app.sqlite3' or"
-            " 'postgresql+psycopg://user:password@127.0.0.1/app'."
-        ) from None
+    key, where, raw_url, options, origins, async_url = raw
+    url = _parse_url(where, raw_url)
     liveness = replaces_pre_ping(url, options, ping_after_idle)
     # Not an option of create_engine(); ignored on other databases.
     pragma_option = options.pop(PRAGMAS_OPTION, None)
@@ -220,7 +262,23 @@ def _bind(app: Flask, raw: _RawBind, ping_after_idle: float) -> BindSettings:
         origins=MappingProxyType(origins),
         liveness=liveness,
         pragmas=pragmas,
+        async_url=None if async_url is None else _relative_sqlite(app, async_url),
     )
+
+
+def _relative_sqlite(app: Flask, url: URL) -> URL:
+    """``url``, with a relative SQLite path under ``app.instance_path``."""
+    database = url.database
+    if (
+        url.get_backend_name() != "sqlite"
+        or not database
+        or is_memory(url)
+        or database.startswith("file:")
+        or os.path.isabs(database)
+    ):
+        return url
+    os.makedirs(app.instance_path, exist_ok=True)
+    return url.set(database=os.path.join(app.instance_path, database))
 
 
 def is_memory(url: URL) -> bool:

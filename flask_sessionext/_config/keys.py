@@ -15,6 +15,7 @@ from collections.abc import Mapping
 #: Every key the extension reads, in the order of the configuration page.
 KEYS: tuple[str, ...] = (
     "SESSIONEXT_DATABASE_URI",
+    "SESSIONEXT_ASYNC_DATABASE_URI",
     "SESSIONEXT_BINDS",
     "SESSIONEXT_ENGINE_OPTIONS",
     "SESSIONEXT_PING_AFTER_IDLE",

@@ -56,9 +56,17 @@ class Liveness(Feature):
 
     def start(self, app: Flask) -> None:
         """Check the connections of each engine whose settings say so."""
+        self.add_engines(app, list(self.parts.engines.items()))
+
+    def add_engines(
+        self, app: Flask, engines: t.Sequence[tuple[str | None, sa.Engine]]
+    ) -> None:
+        """Check the connections of each of ``engines`` whose settings say so."""
         settings = self.parts.settings
-        for key, engine in self.parts.engines.items():
-            if settings.binds[key].liveness:
+        for key, engine in engines:
+            # The sync engine under an async one too: psycopg's async
+            # connection has the sync one's state and socket.
+            if settings.binds[key].liveness and engine.dialect.driver == "psycopg":
                 self._install(engine, settings.ping_after_idle)
 
     def _install(self, engine: sa.Engine, after_idle: float) -> None:
@@ -67,6 +75,9 @@ class Liveness(Feature):
         more than ``after_idle`` seconds.
         """
         dialect = engine.dialect
+        # The psycopg connection itself, also under SQLAlchemy's adapter of
+        # an async engine's.
+        is_async = dialect.is_async
 
         def checkin(dbapi_connection: t.Any, record: ConnectionPoolEntry) -> None:
             if dbapi_connection is not None:
@@ -80,16 +91,14 @@ class Liveness(Feature):
             checked_in = record.info.get(CHECKED_IN)
             if checked_in is None:  # a new connection, not used yet
                 return
+            driver: t.Any = proxy.driver_connection if is_async else dbapi_connection
             if (
-                dbapi_connection.closed
-                or dbapi_connection.broken
-                or dbapi_connection.pgconn.transaction_status == _UNKNOWN
+                driver.closed
+                or driver.broken
+                or driver.pgconn.transaction_status == _UNKNOWN
             ):
                 raise sa_exc.DisconnectionError("the connection is closed")
-            if (
-                _readable(dbapi_connection)
-                or time.monotonic() - checked_in > after_idle
-            ):
+            if _readable(driver) or time.monotonic() - checked_in > after_idle:
                 ping(dialect, dbapi_connection)
 
         # Before any receiver of the checkout signal (the features' order):

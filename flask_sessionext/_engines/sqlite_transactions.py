@@ -60,8 +60,11 @@ LOCKED_NOTE = (
 
 
 def needs_fix(engine: sa.Engine) -> bool:
-    """Whether ``engine`` uses the ``sqlite3`` driver."""
-    return engine.dialect.name == "sqlite" and engine.dialect.driver == "pysqlite"
+    """Whether ``engine`` uses the ``sqlite3`` driver, itself or under
+    ``aiosqlite`` (the sync engine of an async engine).
+    """
+    dialect = engine.dialect
+    return dialect.name == "sqlite" and dialect.driver in ("pysqlite", "aiosqlite")
 
 
 def is_locked(error: BaseException) -> bool:
@@ -111,6 +114,21 @@ def install(engine: sa.Engine) -> None:
     def do_savepoint(connection: sa.Connection, name: str) -> None:
         begin_immediate(connection.connection.dbapi_connection, dbapi)
         savepoint(connection, name)
+
+    def do_savepoint_async(connection: sa.Connection, name: str) -> None:
+        # aiosqlite's connection, in the greenlet of an async session.
+        proxied = connection.connection
+        driver: t.Any = proxied.driver_connection
+        if driver.isolation_level is not None and not driver.in_transaction:
+            cursor = t.cast(t.Any, proxied.dbapi_connection).cursor()
+            try:
+                cursor.execute("BEGIN IMMEDIATE")
+            finally:
+                cursor.close()
+        savepoint(connection, name)
+
+    if dialect.is_async:
+        do_savepoint = do_savepoint_async
 
     setattr(dialect, "do_savepoint", do_savepoint)  # noqa: B010
 
@@ -185,8 +203,14 @@ class SqliteTransactions(Feature):
 
     def start(self, app: Flask) -> None:
         """Set each SQLite engine's PRAGMAs, and apply the fix where needed."""
+        self.add_engines(app, list(self.parts.engines.items()))
+
+    def add_engines(
+        self, app: Flask, engines: t.Sequence[tuple[str | None, sa.Engine]]
+    ) -> None:
+        """Set the PRAGMAs of ``engines``, and apply the fix where needed."""
         binds = self.parts.settings.binds
-        for key, engine in self.parts.engines.items():
+        for key, engine in engines:
             pragmas = binds[key].pragmas
             if pragmas:
                 self.listen(engine, "connect", pragmas_on_connect(pragmas))

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import typing as t
 import weakref
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 # What features need to call user code: the one place that does it, as the
 # features reach it (see :mod:`.._receivers.calls`).
@@ -137,6 +137,14 @@ class Feature:
 
     def start(self, app: Flask) -> None:
         """Install what the settings turn on, at the end of ``init_app``."""
+
+    def add_engines(
+        self, app: Flask, engines: Sequence[tuple[str | None, sa.Engine]]
+    ) -> None:
+        """Install on ``engines`` (the sync engines under the app's async
+        engines, created at their first use, after :meth:`start`) what
+        :meth:`start` and the receivers installed on the app's engines.
+        """
 
     def refresh(self, app: Flask) -> None:
         """Bring the listeners in line with the receivers for ``app``, after

@@ -50,7 +50,9 @@ class SignalBridge(Feature):
         # Weak, so the class-level session listeners do not keep the app alive.
         self.app = parts.app
         self.session_class = parts.session_class
-        self._engines = parts.engines
+        #: The engines it listens to, with their bind keys: the app's, then
+        #: those under its async engines once they exist.
+        self._engines: list[tuple[str | None, sa.Engine]] = list(parts.engines.items())
         #: Installed signals by name: their (target, handler) pairs, and
         #: their receivers.
         self.installed: dict[str, tuple[list[tuple[t.Any, Handler]], _Receivers]] = {}
@@ -82,6 +84,20 @@ class SignalBridge(Feature):
                 self.listen(target, entry.name, handler)
             self.installed[entry.name] = (pairs, receivers)
 
+    def add_engines(
+        self, app: Flask, engines: t.Sequence[tuple[str | None, sa.Engine]]
+    ) -> None:
+        """Install the engine listeners of the installed signals on ``engines``."""
+        self._engines += engines
+        for name, (pairs, receivers) in self.installed.items():
+            entry = CATALOG[name]
+            if entry.target == "session":
+                continue
+            for key, engine in engines:
+                handler = _handler(entry, self.app, key, receivers)
+                pairs.append((engine, handler))
+                self.listen(engine, name, handler)
+
     def may_raise(self) -> bool:
         """Whether a receiver of an installed signal that reports (whose
         receivers' exceptions SQLAlchemy must not see) may raise.
@@ -106,7 +122,7 @@ class SignalBridge(Feature):
     def _targets(self, entry: BridgedEvent) -> list[tuple[t.Any, str | None]]:
         if entry.target == "session":
             return [(self.session_class, None)]
-        return [(engine, key) for key, engine in self._engines.items()]
+        return [(engine, key) for key, engine in self._engines]
 
 
 def _may_raise(resolved: Resolved) -> bool:

@@ -209,8 +209,19 @@ class Broadcast(Feature):
         """Install the publishing listeners."""
         for name in self.listens:
             self.listen(self._session_class, name, getattr(self, f"_{name}"))
-        if self.engine.dialect.driver in outbox_commit.DRIVERS:
-            self.listen(self.engine, "commit", self._commit)
+        self.add_engines(app, [(self.settings.bind, self.engine)])
+
+    def add_engines(
+        self, app: Flask, engines: t.Sequence[tuple[str | None, sa.Engine]]
+    ) -> None:
+        """Send the outbox row with the COMMIT on the outbox bind's engine,
+        sync or under an async one.
+        """
+        for key, engine in engines:
+            if key == self.settings.bind and engine.dialect.driver in (
+                outbox_commit.DRIVERS
+            ):
+                self.listen(engine, "commit", self._commit)
 
     def refresh(self, app: Flask) -> None:
         """Start, or stop, receiving as receivers come and go."""
@@ -331,8 +342,10 @@ class Broadcast(Feature):
         :raise RuntimeError: the outbox table does not exist.
         """
         payload = encode(_outbox_listener.origin(), changes)
-        engine = self.engine
-        router = getattr(self._session_class, "_sessionext_router", None)
+        # The session's own engines: an AsyncSession's (the sync engines
+        # under the async ones) differ from db.session's.
+        router = getattr(type(session), "_sessionext_router", None)
+        engine = router.engines[self.settings.bind] if router else self.engine
         target = router.stand_ins.get(engine, engine) if router else engine
         connection = session.connection(bind_arguments={"bind": target})
         now = utcnow()
@@ -392,7 +405,7 @@ class Broadcast(Feature):
             outbox_commit.send(connection)
         except sa_exc.DBAPIError as e:
             if is_missing_table(e):
-                raise missing_table(self.engine.url) from e
+                raise missing_table(connection.engine.url) from e
             raise
 
     def _after_commit(self, session: orm.Session) -> None:

@@ -71,7 +71,8 @@ def send(connection: sa.Connection) -> None:
     statement = sql.SQL(_INSERT).format(
         sql.Literal(channel), sql.Literal(at), sql.Literal(payload)
     )
-    dbapi_connection: t.Any = connection.connection.dbapi_connection
+    # psycopg quotes for the connection: the async one, under an async engine.
+    dbapi_connection: t.Any = connection.connection.driver_connection
     # Without parameters: SQLAlchemy runs it with the driver's execute() of
     # no parameters, psycopg with the simple query protocol; errors come
     # wrapped as SQLAlchemy's, as a failing COMMIT's would.

@@ -60,6 +60,7 @@ from flask import Flask
 
 from .._config.passwords import hide_passwords, mask_url
 from .._config.settings import BroadcastSettings
+from .._session.frameworks import call_in_app_context
 from .._sqlalchemy_private import all_registries
 from ..signals import models_committed_anywhere, publications_lost
 from .base import report
@@ -419,8 +420,9 @@ class OutboxListener:
         )
         app = self.app()
         if app is not None:
-            with app.app_context():
-                report(publications_lost, app, reason=reason)
+            call_in_app_context(
+                app, lambda: report(publications_lost, app, reason=reason)
+            )
 
     def _deliver(self, sequence: int, payload: str) -> None:
         """Send one publication to the app, if it still receives."""
@@ -449,14 +451,16 @@ class OutboxListener:
                     ),
                 )
             )
-        with app.app_context():
-            report(
+        call_in_app_context(
+            app,
+            lambda: report(
                 models_committed_anywhere,
                 app,
                 changes=changes,
                 local=sender == _origin,
                 sequence=sequence,
-            )
+            ),
+        )
 
     def _model(self, entity: str, table: str) -> type | None:
         """The class this process maps as ``entity`` on ``table``; else the

@@ -35,7 +35,8 @@ from flask import Flask, Response
 from flask.ctx import AppContext
 from sqlalchemy.engine.interfaces import ExecutionContext
 
-from .._session.session import _current_app_context
+from .._session.frameworks import quart_app_context
+from .._session.session import _current_app_context, app_ctx_scope
 from ..recording import QueryRecord
 from ..signals import slow_query
 from .base import EVERY_OPERATION, Feature, Parts, report
@@ -131,12 +132,18 @@ class Recorder(Feature):
         ``after_request`` function that the settings need, and nothing when
         all features are off.
         """
-        if self.active:
-            app_ref = weakref.ref(app)
-            for bind_key, engine in self.parts.engines.items():
-                _time_driver_calls(self, app_ref, bind_key, engine.dialect)
+        self.add_engines(app, list(self.parts.engines.items()))
         if self.server_timing:
             app.after_request(_add_server_timing)
+
+    def add_engines(
+        self, app: Flask, engines: t.Sequence[tuple[str | None, sa.Engine]]
+    ) -> None:
+        """Time the driver calls of ``engines`` when a feature needs it."""
+        if self.active:
+            app_ref = weakref.ref(app)
+            for bind_key, engine in engines:
+                _time_driver_calls(self, app_ref, bind_key, engine.dialect)
 
     def refresh(self, app: Flask) -> None:
         """Note whether a slow query has a receiver that may raise."""
@@ -273,8 +280,11 @@ def _time_driver_calls(
             try:
                 ctx = _current_app_context()
             except RuntimeError:
-                call(cursor, statement, parameters, context)
-                return
+                quart_ctx = quart_app_context()  # a Quart app's, else none
+                if quart_ctx is None:
+                    call(cursor, statement, parameters, context)
+                    return
+                ctx = quart_ctx
             if initializing or ctx.app is not app_ref():
                 call(cursor, statement, parameters, context)
                 return
@@ -425,7 +435,8 @@ def _bounded_any(value: t.Any, depth: int) -> tuple[t.Any, int]:
 
 def _add_server_timing(response: Response) -> Response:
     """``after_request`` function: the app context's query count and time."""
-    queries: _Queries | None = getattr(flask.g, _QUERIES, None)
+    # Flask's g or Quart's: the app context's.
+    queries: _Queries | None = getattr(app_ctx_scope().g, _QUERIES, None)
     count, duration = (queries.count, queries.duration) if queries else (0, 0.0)
     noun = "query" if count == 1 else "queries"
     value = f'db;dur={duration * 1000:.1f};desc="{count} {noun}"'

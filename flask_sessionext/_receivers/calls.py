@@ -36,6 +36,7 @@ from contextvars import ContextVar
 from flask import Flask
 
 from .._config.settings import raise_receiver_errors
+from .._sqlalchemy_private import await_in_greenlet, in_greenlet
 
 
 class _Operation:
@@ -328,6 +329,10 @@ def run_async(
     runs in a thread of its own, as asgiref runs it for a sync view, with a
     copy of the caller's context: the same app context, ``g`` and
     ``db.session``, used by one thread at a time since the caller waits.
+
+    Sent by an async session (in the greenlet of SQLAlchemy's asyncio
+    extension), ``func`` runs on the session's own loop instead. A Quart app
+    has no ``ensure_sync``: ``func`` runs on a new loop, as Flask's would.
     """
     if not inspect.iscoroutinefunction(func):
         # An object whose ``__call__`` is async: Flask's ``ensure_sync``
@@ -337,17 +342,21 @@ def run_async(
         async def func(*args: t.Any, **kwargs: t.Any) -> t.Any:
             return await call(*args, **kwargs)
 
+    if in_greenlet():
+        # Sent by an async session: its loop is running, and waits for it.
+        return await_in_greenlet(func(*args, **kwargs))
+    ensure_sync = getattr(app, "ensure_sync", None) or _run_on_new_loop
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return app.ensure_sync(func)(*args, **kwargs)
+        return ensure_sync(func)(*args, **kwargs)
     context = contextvars.copy_context()
     results: list[t.Any] = []
     errors: list[BaseException] = []
 
     def target() -> None:
         try:
-            results.append(context.run(app.ensure_sync(func), *args, **kwargs))
+            results.append(context.run(ensure_sync(func), *args, **kwargs))
         except BaseException as e:  # raised again in the caller's thread
             errors.append(e)
 
@@ -358,3 +367,17 @@ def run_async(
     if errors:
         raise errors[0]
     return results[0]
+
+
+def _run_on_new_loop(
+    func: t.Callable[..., t.Awaitable[t.Any]],
+) -> t.Callable[..., t.Any]:
+    """``func`` made sync: each call runs it to completion on a new loop."""
+
+    def call(*args: t.Any, **kwargs: t.Any) -> t.Any:
+        async def main() -> t.Any:
+            return await func(*args, **kwargs)
+
+        return asyncio.run(main())
+
+    return call

@@ -22,6 +22,7 @@ from .._config.settings import Settings
 from .._features.base import Feature
 from .._receivers.calls import run_operation
 from .._sqlalchemy_private import all_registries
+from .frameworks import quart_app_context
 
 NO_APP_CONTEXT = (
     "Working outside of an application context: there is no Session to use."
@@ -37,19 +38,26 @@ _current_app_context: t.Callable[[], AppContext] = t.cast(
 
 
 def app_ctx_scope() -> AppContext:
-    """The scope of :attr:`SessionExt.session`: the current app context itself.
+    """The scope of :attr:`SessionExt.session`: the current app context
+    itself, Flask's or Quart's.
 
     :raise RuntimeError: no application context is pushed.
     """
     try:
         return _current_app_context()
     except RuntimeError:
-        raise RuntimeError(NO_APP_CONTEXT) from None
+        # Only outside Flask's contexts: a Quart app's, or none.
+        ctx = quart_app_context()
+        if ctx is None:
+            raise RuntimeError(NO_APP_CONTEXT) from None
+        return ctx
 
 
 def app_context_or_none() -> AppContext | None:
-    """The current app context, or ``None`` when none is pushed."""
-    return _current_app_context() if has_app_context() else None
+    """The current app context (Flask's or Quart's), or ``None`` when none
+    is pushed.
+    """
+    return _current_app_context() if has_app_context() else quart_app_context()
 
 
 #: The methods of SQLAlchemy's Session that run SQL or end a transaction: the
