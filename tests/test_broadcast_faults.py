@@ -27,7 +27,7 @@ from test_broadcast import Received, outbox_rows, the_listener, wait_for
 from test_broadcast import broadcast_app as broadcast_app
 
 from flask_sessionext import CommittedChange, SessionExt, signals
-from flask_sessionext._features import broadcast, outbox_commit
+from flask_sessionext._features import broadcast, outbox_commit, outbox_listener
 from flask_sessionext._features.outbox import (
     outbox_metadata,
     outbox_table,
@@ -626,3 +626,57 @@ def test_a_process_stopped_past_keep(
         reader.join(5)
         child.stdout.close()  # type: ignore[union-attr]
     assert [line for line in lines if line.startswith("lost")] == ["lost pruned\n"]
+
+
+# Forks wait for the listener thread to be in a wait
+
+
+def _fork_and_wait() -> tuple[float, int]:
+    """Fork a child that exits at once; when the fork returned in the parent
+    (``time.monotonic()``), and the child's exit code.
+    """
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    forked = time.monotonic()
+    _, status = os.waitpid(pid, 0)
+    return forked, os.waitstatus_to_exitcode(status)
+
+
+@pytest.mark.parametrize("stall", [0.6, 30.0], ids=["connecting", "stalled"])
+def test_fork_waits_for_a_connecting_listener(
+    broadcast_app: tuple[Flask, SessionExt],
+    monkeypatch: pytest.MonkeyPatch,
+    stall: float,
+) -> None:
+    """A fork made while the listener thread connects (inside the driver,
+    whose C locks a child would inherit held) waits until the connection is
+    made; one that stalls longer than FORK_WAIT delays the fork by FORK_WAIT
+    only.
+    """
+    app, _ = broadcast_app
+    monkeypatch.setattr(outbox_listener, "FORK_WAIT", 1.0)
+    connecting, connected = threading.Event(), threading.Event()
+    ended: list[float] = []
+
+    def slow_connect(sender: Flask, **kwargs: t.Any) -> None:
+        if threading.current_thread().name.startswith("sessionext-broadcast"):
+            connecting.set()
+            connected.wait(stall)
+            ended.append(time.monotonic())
+
+    with (
+        signals.connect.connected_to(slow_connect, app),
+        models_committed_anywhere.connected_to(lambda sender, **kw: None, app),
+    ):
+        assert connecting.wait(10)
+        started = time.monotonic()
+        forked, code = _fork_and_wait()
+        connected.set()
+        the_listener(app)
+    assert code == 0
+    if stall < 1.0:
+        assert ended
+        assert forked >= ended[0]  # the fork waited for the connect
+    else:
+        assert 0.9 <= forked - started < 5  # the fork waited FORK_WAIT, no more

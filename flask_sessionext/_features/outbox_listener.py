@@ -97,6 +97,10 @@ _forked_at: datetime | None = None
 _running: weakref.WeakSet[_Run] = weakref.WeakSet()
 #: Connections inherited from the parent: kept, never closed (see module doc).
 _inherited: list[object] = []
+#: The runs whose gate the forking thread holds, between two fork hooks.
+_held: list[_Run] = []
+#: How long a fork waits for the listener threads to reach a wait, seconds.
+FORK_WAIT = 5.0
 
 
 def origin() -> str:
@@ -111,6 +115,7 @@ def _after_fork_in_child() -> None:
     global _origin, _forked_at
     _origin = uuid.uuid4().hex
     _forked_at = utcnow()
+    _held.clear()  # copies of the parent's gates, which no thread here uses
     for run in list(_running):
         if run.greenlet is not None:
             # Thrown in when the child's hub first runs, before the greenlet
@@ -136,8 +141,40 @@ def _stop_all() -> None:
             thread.join(timeout=WAIT + 1)
 
 
+def _before_fork() -> None:
+    """Before a fork: wait, :data:`FORK_WAIT` seconds at most, until each
+    listener thread of this process waits for something, and keep it
+    waiting until the fork is done. A thread of the parent's caught inside
+    libpq or OpenSSL by the fork would leave their locks held for good in the
+    child, whose first connection would then hang.
+    """
+    if _threading_patched():
+        return  # greenlets: the forking one is the only one running
+    me = threading.current_thread()
+    for run in list(_running):
+        thread = run.thread
+        if (
+            run.pid == os.getpid()
+            and thread is not None
+            and thread is not me
+            and thread.is_alive()
+            and run.gate.acquire(timeout=FORK_WAIT)
+        ):
+            _held.append(run)
+
+
+def _after_fork_in_parent() -> None:
+    """After a fork, in the parent: let the listener threads go on."""
+    while _held:
+        _held.pop().gate.release()
+
+
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(
+        before=_before_fork,
+        after_in_parent=_after_fork_in_parent,
+        after_in_child=_after_fork_in_child,
+    )
 atexit.register(_stop_all)
 
 
@@ -147,6 +184,7 @@ class _Run:
     __slots__ = (
         "__weakref__",
         "connection",
+        "gate",
         "greenlet",
         "pid",
         "stop",
@@ -164,6 +202,8 @@ class _Run:
         self.thread: threading.Thread | None = None
         #: The gevent greenlet of its thread, when gevent patched threading.
         self.greenlet: t.Any = None
+        #: Held by its thread except while it waits (see :func:`_before_fork`).
+        self.gate = threading.Lock()
         #: Its wake-up pipe: closed once the run is collected, so that a
         #: publisher holding the run never writes to a reused descriptor.
         self.wake_read, self.wake_write = os.pipe()
@@ -179,6 +219,15 @@ class _Run:
         """Wake its loop up, without waiting."""
         with contextlib.suppress(OSError):  # full: it is awake already
             os.write(self.wake_write, b"!")
+
+    @contextlib.contextmanager
+    def waiting(self) -> t.Iterator[None]:
+        """Around a wait of its thread: a fork may happen meanwhile."""
+        self.gate.release()
+        try:
+            yield
+        finally:
+            self.gate.acquire()
 
     def woken(self) -> bool:
         """Whether it was woken up since the last call."""
@@ -284,6 +333,7 @@ class OutboxListener:
 
     def _run(self, run: _Run) -> None:
         run.greenlet = _gevent_greenlet()
+        run.gate.acquire()
         try:
             while self._live(run):
                 try:
@@ -293,9 +343,11 @@ class OutboxListener:
                         break
                     self.connected.clear()
                     self._report(e)
-                    run.stop.wait(self._backoff)
+                    with run.waiting():
+                        run.stop.wait(self._backoff)
                     self._backoff = min(self._backoff * 2, MAX_BACKOFF)
         finally:
+            run.gate.release()
             if run.pid == os.getpid():
                 self.connected.clear()
                 _running.discard(run)
@@ -355,7 +407,8 @@ class OutboxListener:
                 if tick:
                     # Commits in a row wake it up once each: one tick and
                     # read every TICK_EVERY seconds serves them all.
-                    run.stop.wait(TICK_EVERY)
+                    with run.waiting():
+                        run.stop.wait(TICK_EVERY)
         finally:
             if run.pid == os.getpid():
                 connection, run.connection = run.connection, None
@@ -398,7 +451,8 @@ class OutboxListener:
         fds = [run.wake_read]
         if self.listens:
             fds.append(db.dbapi_connection.fileno())
-        ready = _wait_readable(fds, timeout)
+        with run.waiting():
+            ready = _wait_readable(fds, timeout)
         if not run.current():  # e.g. a greenlet of the parent's
             return False
         if self.listens:
@@ -519,12 +573,17 @@ def _wait_readable(fds: list[int], timeout: float) -> bool:
     return bool(poller.poll(int(timeout * 1000)))
 
 
+def _threading_patched() -> bool:
+    """Whether gevent patched ``threading``: threads are greenlets."""
+    monkey = sys.modules.get("gevent.monkey")
+    return monkey is not None and bool(monkey.is_module_patched("threading"))
+
+
 def _gevent_greenlet() -> t.Any:
     """The gevent greenlet that runs this thread, once gevent has patched
     ``threading``: unlike a thread, it survives a fork.
     """
-    monkey = sys.modules.get("gevent.monkey")
-    if monkey is None or not monkey.is_module_patched("threading"):
+    if not _threading_patched():
         return None
     current = sys.modules["gevent"].getcurrent()
     return current if hasattr(current, "kill") else None
