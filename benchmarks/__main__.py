@@ -27,6 +27,7 @@ from pathlib import Path
 
 from . import (
     bench_apps,
+    bench_async,
     bench_broadcast,
     bench_changes,
     bench_recording,
@@ -227,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
             "change tracking",
             lambda: bench_changes.main(n=2, rounds=2 if args.quick else 25),
         ),
+        ("async sessions", lambda: bench_async.section(args.quick)),
         (
             "query recording",
             lambda: bench_recording.main(

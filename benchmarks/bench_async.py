@@ -319,6 +319,16 @@ def table(results: dict[str, dict[str, dict[str, float]]]) -> str:
     return "\n".join(lines)
 
 
+def section(quick: bool) -> None:
+    """Print the table of a run on SQLite: one round with ``quick`` (a smoke
+    run, for ``python -m benchmarks --quick``), seven otherwise.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        url = f"sqlite:///{Path(tmp) / 'bench.sqlite3'}"
+        print("async adapters, SQLite (aiosqlite), µs per request (ratio to raw)")
+        print(table(run(url, 1 if quick else 7)))
+
+
 def main() -> None:
     """Run the benchmark on the chosen database and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
