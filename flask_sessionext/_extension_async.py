@@ -15,7 +15,6 @@ from contextlib import asynccontextmanager
 import sqlalchemy as sa
 import sqlalchemy.exc as sa_exc
 from flask import abort
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from ._config.settings import commit_on_teardown
 from ._session.async_session import AsyncState
@@ -24,6 +23,7 @@ from ._session.session import app_ctx_scope
 from ._sqlalchemy_private import in_transaction_block
 
 if t.TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
     from sqlalchemy.util import ScopedRegistry
 
     from ._runtime import Runtime

@@ -27,8 +27,10 @@ import sqlalchemy.orm as orm
 from blinker import ANY, NamedSignal
 from flask import Flask, Response, after_this_request, has_request_context
 from flask.ctx import AppContext
-from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util import ScopedRegistry
+
+if t.TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ._config.settings import Settings, commit_on_teardown
 from ._engines.engines import create_engines, prepare_engines

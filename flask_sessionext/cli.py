@@ -14,7 +14,9 @@ import sqlalchemy as sa
 from flask import Flask, current_app
 from flask.cli import AppGroup
 from sqlalchemy.engine import URL
-from sqlalchemy.ext.asyncio import AsyncEngine
+
+if t.TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ._config.passwords import mask_url
 from ._features.outbox import OUTBOX, TICKS, count, outbox_metadata, prune
@@ -84,7 +86,7 @@ def check_command(check_async: bool) -> None:
     for key, suffix, engine in engines:
         label = ("(default)" if key is None else key) + suffix
         try:
-            if isinstance(engine, AsyncEngine):
+            if not isinstance(engine, sa.Engine):
                 elapsed, info = asyncio.run(_round_trip_async(engine))
             else:
                 elapsed, info = _round_trip(engine)

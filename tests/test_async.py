@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import textwrap
 import threading
 import typing as t
 from collections.abc import Iterator
@@ -29,7 +30,7 @@ from flask_sessionext._engines.async_engines import (
 )
 from flask_sessionext.testing import capture_signal, rollback
 
-from helpers import count_rows
+from helpers import count_rows, run_python
 from models import Entry, Item, User
 
 
@@ -535,3 +536,32 @@ def test_signals_connected_before_the_async_engines(
     with signals.before_cursor_execute.connected_to(receive, app):
         app.test_client().get("/select")
     assert statements == [None]
+
+
+def test_without_greenlet() -> None:
+    """Without greenlet (the core dependencies only), the package imports
+    and serves sync sessions; the first async use names the extra to
+    install.
+    """
+    out = run_python(
+        textwrap.dedent(
+            """
+            import sys
+            sys.modules["greenlet"] = None  # not installed
+            import pytest
+            import sqlalchemy as sa
+            from flask import Flask
+            from flask_sessionext import SessionExt
+
+            app = Flask(__name__)
+            app.config["SESSIONEXT_DATABASE_URI"] = "sqlite://"
+            db = SessionExt(app)
+            with app.app_context():
+                assert db.session.execute(sa.text("SELECT 1")).scalar() == 1
+                with pytest.raises(ImportError, match=r"Flask-SessionExt\\[async\\]"):
+                    db.async_session
+            print("ok")
+            """
+        )
+    )
+    assert out.strip() == "ok"

@@ -33,7 +33,6 @@ from collections.abc import Mapping
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool, QueuePool
 
 from .._config.binds import BindSettings
@@ -44,6 +43,11 @@ from .._sqlalchemy_private import (
     lock_first_connect_with_threads,
     thread_safe_queue,
 )
+
+if t.TYPE_CHECKING:
+    # Imported where used: sqlalchemy.ext.asyncio needs greenlet, which
+    # only the 'async' extra installs.
+    from sqlalchemy.ext.asyncio import AsyncEngine
 from . import fork_safety as _fork_safety
 
 #: The async driver of each sync ``(dialect, driver)``.
@@ -117,6 +121,22 @@ class AsyncEngines:
         return [(key, engine.sync_engine) for key, engine in self.engines.items()]
 
 
+def asyncio_extension() -> t.Any:
+    """SQLAlchemy's asyncio extension, imported at the first async use.
+
+    :raise ImportError: greenlet, which it needs, is not installed.
+    """
+    try:
+        import sqlalchemy.ext.asyncio as extension
+    except ImportError as e:
+        raise ImportError(
+            f"The async sessions of Flask-SessionExt need SQLAlchemy's asyncio"
+            f" extension, which cannot be imported: {e} Install the 'async'"
+            " extra: pip install 'Flask-SessionExt[async]'."
+        ) from e
+    return extension
+
+
 def create_async_engines(settings: Settings, *, threads: bool) -> AsyncEngines:
     """One async engine per bind of ``settings`` whose async driver is
     installed; opens no connection.
@@ -124,6 +144,8 @@ def create_async_engines(settings: Settings, *, threads: bool) -> AsyncEngines:
     :param threads: whether the app's views run on loops of their own, in
         threads of their own (Flask), rather than on one loop (Quart).
     """
+    create_async_engine = asyncio_extension().create_async_engine
+
     engines: dict[str | None, AsyncEngine] = {}
     missing: dict[str | None, str] = {}
     for key, bind in settings.binds.items():

@@ -29,22 +29,28 @@ from collections.abc import Coroutine, Mapping
 from types import MappingProxyType
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import (
-    AsyncConnection,
-    AsyncEngine,
-    AsyncSession,
-    async_sessionmaker,
-)
 
 from .._config.settings import Settings, commit_on_teardown
-from .._engines.async_engines import AsyncEngines, create_async_engines
+from .._engines.async_engines import (
+    AsyncEngines,
+    asyncio_extension,
+    create_async_engines,
+)
 from .._receivers.calls import report
 from ..signals import session_created, session_removed
 from .session import BindRouter, Session, unknown_bind
 
 if t.TYPE_CHECKING:
+    # Imported where used: sqlalchemy.ext.asyncio needs greenlet, which
+    # only the 'async' extra installs.
     from flask import Flask
     from flask.ctx import AppContext
+    from sqlalchemy.ext.asyncio import (
+        AsyncConnection,
+        AsyncEngine,
+        AsyncSession,
+        async_sessionmaker,
+    )
 
 _T = t.TypeVar("_T")
 
@@ -93,7 +99,8 @@ class AsyncState:
             **ASYNC_SESSION_DEFAULTS,
             **{k: v for k, v in settings.session_options.items() if k != "class_"},
         }
-        self.sessionmaker: async_sessionmaker[AsyncSession] = async_sessionmaker(
+        make = asyncio_extension().async_sessionmaker
+        self.sessionmaker: async_sessionmaker[AsyncSession] = make(
             bind=self.engines.get(None),
             sync_session_class=self.session_class,
             **options,
