@@ -380,7 +380,7 @@ class OutboxListener:
         """Connect, then tick and read at each wake-up, until stopped."""
         db = self._connect(run)
         try:
-            if not run.current():  # e.g. a greenlet of the parent's
+            if db is None or not run.current():  # e.g. a greenlet of the parent's
                 return
             if self.listens:
                 db.run(f'LISTEN "{self.channel}"')
@@ -415,9 +415,9 @@ class OutboxListener:
                 if connection is not None:
                     connection.close()
 
-    def _connect(self, run: _Run) -> Database:
+    def _connect(self, run: _Run) -> Database | None:
         """A connection of the pool's making, detached from it, in autocommit
-        mode.
+        mode; ``None`` when ``run`` is no longer current.
 
         It comes from a copy of the bind's pool (``Pool.recreate()``: the
         same creator, options and event listeners), so the listener never
@@ -426,21 +426,30 @@ class OutboxListener:
         logger.debug("Broadcast listener connecting to %s.", self.label)
         pool = self.engine.pool.recreate()
         connection = pool.connect()
+        # Known to the fork hook at once: a child points it at /dev/null.
+        run.connection = connection
         try:
+            # After each wait: a greenlet of the parent's, resumed in a
+            # child (under gevent), leaves the connection alone.
+            if not run.current():
+                return None
             connection.detach()
             pool.dispose()
             dbapi_connection = connection.dbapi_connection
             assert dbapi_connection is not None, "just connected"
             dbapi_connection.rollback()
+            if not run.current():
+                return None
             dialect = self.engine.dialect
             dialect.set_isolation_level(dbapi_connection, "AUTOCOMMIT")
             db = Database(dbapi_connection, dialect)
             if dialect.name == "postgresql":
                 db.run(f"SET application_name = '{APPLICATION_NAME}-{os.getpid()}'")
         except BaseException:
-            connection.close()
+            if run.pid == os.getpid():
+                run.connection = None
+                connection.close()
             raise
-        run.connection = connection
         return db
 
     def _wait(self, run: _Run, db: Database) -> bool:
