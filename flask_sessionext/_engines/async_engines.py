@@ -28,6 +28,7 @@ SQLAlchemy's default ``AsyncAdaptedQueuePool`` is right. An explicit
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import typing as t
 from collections.abc import Mapping
 
@@ -127,6 +128,8 @@ def asyncio_extension() -> t.Any:
     :raise ImportError: greenlet, which it needs, is not installed.
     """
     try:
+        # SQLAlchemy 2.0 would only miss greenlet at the first statement.
+        importlib.import_module("greenlet")
         import sqlalchemy.ext.asyncio as extension
     except ImportError as e:
         raise ImportError(
