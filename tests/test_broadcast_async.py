@@ -14,6 +14,7 @@ import pytest
 import sqlalchemy as sa
 from flask import Flask
 from quart import Quart
+from test_async import add_user_views
 from test_broadcast import outbox_rows, the_listener, wait_for
 
 from flask_sessionext import CommittedChange, SessionExt
@@ -60,17 +61,12 @@ def async_app(
 
 
 def add_views(app: Flask | Quart) -> None:
-    """``POST /users/<name>`` commits through db.async_session; ``POST
-    /fail/<name>`` flushes, then rolls back.
+    """The views of :func:`test_async.add_user_views` (``POST /users/<name>``
+    commits through db.async_session), and ``POST /fail/<name>``, which
+    flushes, then rolls back.
     """
     db: SessionExt = app.extensions["sessionext"].extension
-
-    @app.post("/users/<name>")
-    async def create(name: str) -> dict[str, int]:
-        user = User(name=name)
-        db.async_session.add(user)
-        await db.async_session.commit()
-        return {"id": user.id}
+    add_user_views(t.cast(Flask, app), db)
 
     @app.post("/fail/<name>")
     async def fail(name: str) -> dict[str, bool]:

@@ -17,6 +17,7 @@ import threading
 import time
 import typing as t
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -68,6 +69,27 @@ def received(broadcast_app: tuple[Flask, SessionExt]) -> Iterator[list[Received]
     with models_committed_anywhere.connected_to(receiver, app):
         the_listener(app)
         yield got
+
+
+@contextmanager
+def deferred_child_table(app: Flask, name: str, reason: str) -> Iterator[sa.Engine]:
+    """A table ``name`` whose ``user_id`` references ``users`` with a
+    deferred foreign key, for the test's duration; skips on SQLite with
+    ``reason``. Yields the engine.
+    """
+    engine: sa.Engine = app.extensions["sessionext"].engines[None]
+    if engine.dialect.name != "postgresql":
+        pytest.skip(reason)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            f"CREATE TABLE {name} (id serial PRIMARY KEY, user_id int REFERENCES"
+            " users (id) DEFERRABLE INITIALLY DEFERRED)"
+        )
+    try:
+        yield engine
+    finally:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f"DROP TABLE {name}")
 
 
 def add_user(app: Flask, db: SessionExt, name: str) -> None:
@@ -150,15 +172,9 @@ def test_no_deadlock_with_a_deferred_foreign_key(
     both commit, as they would without broadcast.
     """
     app, db = broadcast_app
-    engine = app.extensions["sessionext"].engines[None]
-    if engine.dialect.name != "postgresql":
-        pytest.skip("deferrable foreign keys that wait: PostgreSQL")
-    with engine.begin() as conn:
-        conn.exec_driver_sql(
-            "CREATE TABLE child (id serial PRIMARY KEY, user_id int REFERENCES"
-            " users (id) DEFERRABLE INITIALLY DEFERRED)"
-        )
-    try:
+    with deferred_child_table(
+        app, "child", "deferrable foreign keys that wait: PostgreSQL"
+    ) as engine:
         add_user(app, db, "parent")
         errors: list[BaseException] = []
         with app.app_context():
@@ -185,9 +201,6 @@ def test_no_deadlock_with_a_deferred_foreign_key(
         assert not child.is_alive()
         assert errors == []
         wait_for(lambda: len(received) >= 2)
-    finally:
-        with engine.begin() as conn:
-            conn.exec_driver_sql("DROP TABLE child")
 
 
 def test_a_failed_publication_leaves_nothing_behind(
@@ -221,15 +234,7 @@ def test_a_failing_commit_raises_as_sqlalchemy_does(
     publishes nothing.
     """
     app, db = broadcast_app
-    engine = app.extensions["sessionext"].engines[None]
-    if engine.dialect.name != "postgresql":
-        pytest.skip("deferrable foreign keys: PostgreSQL")
-    with engine.begin() as conn:
-        conn.exec_driver_sql(
-            "CREATE TABLE orphan (id serial PRIMARY KEY, user_id int REFERENCES"
-            " users (id) DEFERRABLE INITIALLY DEFERRED)"
-        )
-    try:
+    with deferred_child_table(app, "orphan", "deferrable foreign keys: PostgreSQL"):
         with app.app_context():
             db.session.add(User(name="with an orphan"))
             db.session.flush()
@@ -238,9 +243,6 @@ def test_a_failing_commit_raises_as_sqlalchemy_does(
                 db.session.commit()
             db.session.rollback()
         assert outbox_rows(app) == []
-    finally:
-        with engine.begin() as conn:
-            conn.exec_driver_sql("DROP TABLE orphan")
 
 
 # No silent loss

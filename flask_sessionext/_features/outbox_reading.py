@@ -88,6 +88,16 @@ def _datetime(value: t.Any) -> datetime:
     return value if isinstance(value, datetime) else datetime.fromisoformat(value)
 
 
+def _starting(since: datetime | None, keep: timedelta, lost: Lost) -> datetime:
+    """Where a reader starts; a loss when that is longer ago than ``keep``
+    (what was published since may have been pruned).
+    """
+    start = since or utcnow()
+    if start < utcnow() - keep:
+        lost(LATE_START)
+    return start
+
+
 class Snapshot(t.NamedTuple):
     """A PostgreSQL snapshot: which transactions had committed."""
 
@@ -162,9 +172,7 @@ class PgReader:
                 return
 
     def _start(self, db: Database, lost: Lost) -> None:
-        since = self.since or utcnow()
-        if since < utcnow() - self.keep:
-            lost(LATE_START)
+        since = _starting(self.since, self.keep, lost)
         ticks = db.rows(
             f"SELECT id, snapshot FROM {TICKS} WHERE channel = :channel"
             " AND created_at < :before ORDER BY id DESC LIMIT 1",
@@ -253,9 +261,7 @@ class SqliteReader:
     ) -> None:
         """Deliver every row after :attr:`position`, while ``going()``."""
         if self.position is None:
-            since = self.since or utcnow()
-            if since < utcnow() - self.keep:
-                lost(LATE_START)
+            since = _starting(self.since, self.keep, lost)
             last = db.rows(
                 f"SELECT id, created_at FROM {OUTBOX} WHERE channel = :channel"
                 " AND created_at < :since ORDER BY id DESC LIMIT 1",
