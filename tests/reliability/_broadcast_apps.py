@@ -97,27 +97,39 @@ def publish_one(app: Flask) -> bool:
     return True
 
 
-def last_id(app: Flask) -> int:
-    """The last id of the outbox, retrying while the database is away."""
+def outbox_ids(app: Flask) -> set[int]:
+    """The ids of the outbox, retrying while the database is away."""
     deadline = time.monotonic() + 20
     while True:
         try:
             with app.app_context(), db.engine.connect() as conn:
-                return int(conn.scalar(sa.select(sa.func.max(outbox_table.c.id))) or 0)
+                return set(conn.scalars(sa.select(outbox_table.c.id)))
         except sa_exc.DBAPIError:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
 
 
-def wait_for_sequence(sequence: int, timeout: float = 20.0) -> None:
-    """Wait until this process has received ``sequence``."""
+def wait_for_everything(app: Flask, timeout: float = 20.0) -> None:
+    """Wait until this process has received every publication of the
+    outbox, and no new one came for a second: another process may still
+    commit its last one after this one stopped (and a publication's number
+    is not always above the last delivered).
+    """
     deadline = time.monotonic() + timeout
+    settled = None
     while time.monotonic() < deadline:
+        ids = outbox_ids(app)
         with _received_lock:
-            if received and received[-1][0] >= sequence:
+            got = {sequence for sequence, _, _ in received}
+        if ids <= got:
+            if settled is None:
+                settled = time.monotonic()
+            elif time.monotonic() - settled >= 1.0:
                 return
-        time.sleep(0.02)
+        else:
+            settled = None
+        time.sleep(0.05)
 
 
 def create_app() -> Flask:
@@ -161,7 +173,7 @@ def main(directory: Path) -> None:
             failed += 1
             time.sleep(0.05)
         time.sleep(0.01)
-    wait_for_sequence(last_id(app))
+    wait_for_everything(app)
     with _received_lock:
         result = {
             "pid": pid,
